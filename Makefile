@@ -1,0 +1,41 @@
+# unbroken: `make help` lists the targets.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help demo test lint typecheck unit integration bench chaos clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP) ## run the main job on the embedded database
+	$(BIN)/unbroken demo $(DEMO_ARGS)
+
+test: $(STAMP) lint typecheck ## lint, type-check, unit and integration tests
+	$(BIN)/pytest -q
+
+lint: $(STAMP) ## ruff check and format check
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+typecheck: $(STAMP) ## mypy (strict) on the package
+	$(BIN)/mypy
+
+unit: $(STAMP) ## unit tests only (no database)
+	$(BIN)/pytest -q tests/unit
+
+bench: $(STAMP) ## benchmarks (figures, not pass/fail)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+chaos: $(STAMP) ## soak under chaos: MINUTES=10 make chaos
+	$(BIN)/python -m bench.chaos --minutes $${MINUTES:-10}
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,316 @@
+"""`App` and `Task`: the user's surface.
+
+app = unbroken.App()
+
+@app.task(queue="mail", max_attempts=5, timeout=30)
+async def send_welcome(user_id: int) -> None: ...
+
+job_id = send_welcome.enqueue(42)                       # typed: a checker sees the args
+send_welcome.using(delay=60, priority=5).enqueue(43)
+app.enqueue_many([send_welcome.job(i) for i in range(1000)])   # one statement
+with psycopg.connect(...) as conn:                       # in the caller's transaction
+    send_welcome.using(conn=conn).enqueue(44)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from psycopg import AsyncConnection, Connection
+
+from unbroken import migrations
+from unbroken.db._async.pool import AsyncDatabase
+from unbroken.db._sync.pool import Database
+from unbroken.db.backoff import BackoffPolicy
+from unbroken.db.target import Target, resolve_target
+from unbroken.enqueue import (
+    EnqueueOptions,
+    JobRow,
+    ainsert_many,
+    ainsert_one,
+    insert_many,
+    insert_one,
+    make_row,
+)
+from unbroken.errors import ConfigError, EnqueueError, Permanent
+from unbroken.settings import Settings, load_settings
+from unbroken.sql import Queries, queries
+
+if TYPE_CHECKING:
+    from unbroken.worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+logger = logging.getLogger("unbroken")
+
+# Job retries: first retry after ~2 s, doubling up to an hour, spread by jitter so a
+# failing dependency is not hit by every job at the same instant (seed 001).
+DEFAULT_RETRY = BackoffPolicy(base=2.0, cap=3600.0, multiplier=2.0, jitter=0.5)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    name: str
+    queue: str = "default"
+    priority: int | Callable[..., int] = 0
+    max_attempts: int = 20
+    retry: BackoffPolicy = DEFAULT_RETRY
+    timeout: float | None = None
+    unique: bool | Callable[..., str] | None = None
+    permanent: tuple[type[BaseException], ...] = (Permanent,)
+    chunk_size: int | None = None  # default chunk size for the chunked runner
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job for `App.enqueue_many`, made by `task.job(...)`."""
+
+    row: JobRow
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it to run it inline; `enqueue` it to run it on a worker."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, R],
+        options: TaskOptions,
+        enqueue_options: EnqueueOptions | None = None,
+        conn: Connection[Any] | AsyncConnection[Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._enqueue_options = enqueue_options or EnqueueOptions()
+        self._conn = conn
+        self._signature = _signature_of(fn)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options.queue}>"
+
+    def using(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        unique_key: str | None = None,
+        max_attempts: int | None = None,
+        conn: Connection[Any] | AsyncConnection[Any] | None = None,
+    ) -> Task[P, R]:
+        """This task with per-call options; `conn` enqueues in the caller's transaction."""
+        current = self._enqueue_options
+        opts = EnqueueOptions(
+            queue=queue if queue is not None else current.queue,
+            priority=priority if priority is not None else current.priority,
+            run_at=run_at if run_at is not None else current.run_at,
+            delay=delay if delay is not None else current.delay,
+            unique_key=unique_key if unique_key is not None else current.unique_key,
+            max_attempts=max_attempts if max_attempts is not None else current.max_attempts,
+        )
+        return Task(self.app, self.fn, self.options, opts, conn if conn is not None else self._conn)
+
+    def job(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec:
+        """A validated job for `App.enqueue_many` (nothing is written yet)."""
+        return JobSpec(self._row(args, kwargs))
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Write the job and return its id (the existing job's id for a live unique key)."""
+        row = self._row(args, kwargs)
+        if self._conn is not None:
+            if not isinstance(self._conn, Connection):
+                raise EnqueueError(f"task {self.name}: use aenqueue() with an async connection")
+            return insert_one(self._conn, self.app.queries, row)
+        pool = self.app.database().pool("api")
+        return pool.run(lambda conn: insert_one(conn, self.app.queries, row))
+
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
+        """`enqueue` for async code."""
+        row = self._row(args, kwargs)
+        if self._conn is not None:
+            if not isinstance(self._conn, AsyncConnection):
+                raise EnqueueError(f"task {self.name}: use enqueue() with a sync connection")
+            return await ainsert_one(self._conn, self.app.queries, row)
+        adb = await self.app.adatabase()
+
+        async def insert(conn: AsyncConnection[Any]) -> int:
+            return await ainsert_one(conn, self.app.queries, row)
+
+        return await adb.pool("api").run(insert)
+
+    def _row(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobRow:
+        o = self.options
+        return make_row(
+            task=self.name,
+            signature=self._signature,
+            args=args,
+            kwargs=kwargs,
+            queue=o.queue,
+            priority=o.priority,
+            max_attempts=o.max_attempts,
+            unique=o.unique,
+            options=self._enqueue_options,
+            max_payload_bytes=self.app.settings.max_payload_bytes,
+            now=lambda: datetime.now(UTC),
+        )
+
+
+def _signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+class App:
+    """The tasks of one application and the database they run on."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self.settings = settings if settings is not None else load_settings(**overrides)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.queries: Queries = queries(self.settings.schema_name)
+        self._target: Target | None = None
+        self._db: Database | None = None
+        self._adb: AsyncDatabase | None = None
+        self._lock = threading.Lock()
+        self._alock: asyncio.Lock | None = None
+
+    # --- tasks -----------------------------------------------------------------------------
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int | Callable[..., int] = 0,
+        max_attempts: int = 20,
+        retry: BackoffPolicy | None = None,
+        timeout: float | None = None,
+        unique: bool | Callable[..., str] | None = None,
+        permanent: Sequence[type[BaseException]] = (),
+        chunk_size: int | None = None,
+    ) -> Any:
+        """Register `fn` as a task; use bare (`@app.task`) or with options."""
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            if task_name in self.tasks:
+                raise ConfigError(f"task {task_name!r} is registered twice")
+            if max_attempts < 1:
+                raise ConfigError(f"task {task_name}: max_attempts must be >= 1")
+            if timeout is not None and timeout <= 0:
+                raise ConfigError(f"task {task_name}: timeout must be > 0 seconds")
+            if chunk_size is not None and chunk_size < 1:
+                raise ConfigError(f"task {task_name}: chunk_size must be >= 1")
+            options = TaskOptions(
+                name=task_name,
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                retry=retry or DEFAULT_RETRY,
+                timeout=timeout,
+                unique=unique,
+                permanent=(Permanent, *permanent),
+                chunk_size=chunk_size,
+            )
+            task = Task(self, f, options)
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    # --- enqueue ---------------------------------------------------------------------------
+    def enqueue_many(
+        self, jobs: Iterable[JobSpec], *, conn: Connection[Any] | None = None
+    ) -> list[int]:
+        """Write many jobs in one statement; returns their ids (live unique keys skipped)."""
+        rows = [j.row for j in jobs]
+        if conn is not None:
+            return insert_many(conn, self.queries, rows)
+        return self.database().pool("api").run(lambda c: insert_many(c, self.queries, rows))
+
+    async def aenqueue_many(
+        self, jobs: Iterable[JobSpec], *, conn: AsyncConnection[Any] | None = None
+    ) -> list[int]:
+        rows = [j.row for j in jobs]
+        if conn is not None:
+            return await ainsert_many(conn, self.queries, rows)
+        adb = await self.adatabase()
+
+        async def insert(c: AsyncConnection[Any]) -> list[int]:
+            return await ainsert_many(c, self.queries, rows)
+
+        return await adb.pool("api").run(insert)
+
+    # --- database --------------------------------------------------------------------------
+    def target(self) -> Target:
+        with self._lock:
+            if self._target is None:
+                self._target = resolve_target(self.settings)
+            return self._target
+
+    def migrate(self) -> list[migrations.Migration]:
+        """Bring the schema up to date (first use does this automatically)."""
+        target = self.target()
+        with Connection.connect(target.conninfo, autocommit=True) as conn:
+            return migrations.migrate(conn, self.settings.schema_name)
+
+    def database(self) -> Database:
+        """The sync pools (opened, schema migrated, on first use)."""
+        if self._db is None:
+            target = self.target()
+            db = Database(target.conninfo, self.settings)
+            db.pool("api", min_size=0)
+            db.open()
+            self.migrate()
+            self._db = db
+        return self._db
+
+    async def adatabase(self) -> AsyncDatabase:
+        """The async pools (opened, schema migrated, on first use)."""
+        if self._adb is None:
+            if self._alock is None:
+                self._alock = asyncio.Lock()
+            async with self._alock:
+                if self._adb is None:
+                    target = await asyncio.to_thread(self.target)
+                    adb = AsyncDatabase(target.conninfo, self.settings)
+                    adb.pool("api", min_size=0)
+                    await adb.open()
+                    await asyncio.to_thread(self.migrate)
+                    self._adb = adb
+        return self._adb
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def aclose(self) -> None:
+        if self._adb is not None:
+            await self._adb.close()
+            self._adb = None
+        self.close()
+
+    # --- workers ---------------------------------------------------------------------------
+    def worker(self, **overrides: Any) -> Worker:
+        """A worker for this app; `overrides` are settings (concurrency, queues, ...)."""
+        from unbroken.worker import Worker
+
+        return Worker(self, **overrides)

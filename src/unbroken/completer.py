@@ -1,0 +1,220 @@
+"""The completer: job outcomes are buffered and written as one statement per batch.
+
+Seed 004 opened a connection per status update and drowned its database. Here an outcome
+goes into a bounded buffer; a batch is written when it reaches `batch_size` or when its
+oldest outcome has waited `batch_interval`, as one `job_finish_many` statement on one
+pooled connection. When the database is away, the batch is retried with backoff and the
+buffer holds the outcomes (jobs that finish meanwhile wait for room: backpressure, never
+unbounded memory). A batch that keeps failing is written one outcome at a time, so one
+bad row cannot block the rest. `drain()` writes everything left at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from unbroken import telemetry
+from unbroken.db._async.pool import AsyncRolePool
+from unbroken.db.backoff import Backoff, BackoffPolicy
+from unbroken.db.classify import is_transient
+from unbroken.sql import Queries
+
+logger = logging.getLogger("unbroken.completer")
+
+# After this many failed tries of one batch, write its outcomes one at a time.
+BATCH_TRIES_BEFORE_SINGLES = 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to, waiting to be written."""
+
+    job_id: int
+    attempt: int
+    kind: str  # succeeded | failed | dead | cancelled | snoozed | handback
+    queue: str
+    task: str
+    delay: float | None = None  # seconds until the retry (failed) or the next run (snoozed)
+    error: str | None = None  # JSON of the error record
+    result: str | None = None  # JSON of the return value
+    runtime_ms: int = 0
+
+
+class Completer:
+    def __init__(
+        self, pool: AsyncRolePool, queries: Queries, worker_id: str, settings: Any
+    ) -> None:
+        self._pool = pool
+        self._sql = queries["job_finish_many"]
+        self._worker_id = worker_id
+        self._batch_size: int = settings.batch_size
+        self._interval: float = settings.batch_interval
+        self._max: int = settings.batch_buffer_max
+        self._buffer: deque[Outcome] = deque()
+        self._first_at = 0.0
+        self._has_items = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._stopping = False
+        self._flushing = asyncio.Lock()  # run() and drain() never write the same batch twice
+        self.written = 0
+        self.fenced = 0
+        self.dropped = 0
+
+    # --- producers of outcomes ----------------------------------------------------------------
+    async def put(self, outcome: Outcome) -> None:
+        """Buffer an outcome; waits while the buffer is full (the database is away)."""
+        while len(self._buffer) >= self._max:
+            self._has_room.clear()
+            await self._has_room.wait()
+        if not self._buffer:
+            self._first_at = time.monotonic()
+        self._buffer.append(outcome)
+        self._has_items.set()
+
+    def pending(self) -> list[tuple[int, int]]:
+        """(job id, attempt) of outcomes not yet written: their leases must stay renewed."""
+        return [(o.job_id, o.attempt) for o in self._buffer]
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    # --- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            await self._has_items.wait()
+            # Let a batch fill up, but never keep the oldest outcome past the interval.
+            while len(self._buffer) < self._batch_size and not self._stopping:
+                remaining = self._first_at + self._interval - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, self._interval))
+            await self._flush_once()
+            if not self._buffer:
+                self._has_items.clear()
+
+    async def drain(self, timeout: float) -> None:
+        """Write everything buffered (shutdown); gives up after `timeout` seconds."""
+        self._stopping = True
+        deadline = time.monotonic() + timeout
+        while self._buffer and time.monotonic() < deadline:
+            await self._flush_once(deadline=deadline)
+        if self._buffer:
+            logger.error(
+                "%d job outcomes could not be written before shutdown; their leases will "
+                "expire and the jobs will be rescued",
+                len(self._buffer),
+            )
+
+    async def _flush_once(self, deadline: float | None = None) -> None:
+        async with self._flushing:
+            await self._flush_locked(deadline)
+
+    async def _flush_locked(self, deadline: float | None) -> None:
+        batch = [self._buffer[i] for i in range(min(self._batch_size, len(self._buffer)))]
+        if not batch:
+            return
+        backoff = Backoff(BackoffPolicy(0.05, 2.0), max_tries=BATCH_TRIES_BEFORE_SINGLES)
+        while True:
+            started = time.monotonic()
+            try:
+                written = await self._write(batch)
+            except Exception as exc:
+                telemetry.emit(
+                    "batch.failed", kind="finish", size=len(batch), error_type=type(exc).__name__
+                )
+                delay = backoff.failed() if is_transient(exc) else None
+                if delay is None or (deadline is not None and time.monotonic() + delay > deadline):
+                    logger.warning(
+                        "outcome batch of %d failed %d times (%s: %s); writing one by one",
+                        len(batch),
+                        backoff.tries,
+                        type(exc).__name__,
+                        str(exc).strip(),
+                    )
+                    await self._write_singly(batch)
+                    break
+                logger.warning(
+                    "outcome batch of %d failed (%s), retrying in %.2f s",
+                    len(batch),
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._account(batch, written)
+            telemetry.emit(
+                "batch.flushed",
+                kind="finish",
+                size=len(batch),
+                duration_s=time.monotonic() - started,
+            )
+            break
+        for _ in batch:
+            self._buffer.popleft()
+        if self._buffer:
+            self._first_at = time.monotonic()
+        self._has_room.set()
+
+    async def _write(self, batch: list[Outcome]) -> set[int]:
+        params = {
+            "ids": [o.job_id for o in batch],
+            "attempts": [o.attempt for o in batch],
+            "kinds": [o.kind for o in batch],
+            "delays": [o.delay for o in batch],
+            "errors": [o.error for o in batch],
+            "results": [o.result for o in batch],
+            "runtimes": [o.runtime_ms for o in batch],
+            "worker_id": self._worker_id,
+        }
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._sql, params)
+            return {row[0] for row in await cur.fetchall()}
+
+    async def _write_singly(self, batch: list[Outcome]) -> None:
+        for outcome in batch:
+            backoff = Backoff(BackoffPolicy(0.1, 5.0), max_tries=5)
+            while True:
+                try:
+                    written = await self._write([outcome])
+                except Exception as exc:
+                    delay = backoff.failed() if is_transient(exc) else None
+                    if delay is None:
+                        # Nothing more we can do; the lease runs out and the rescuer takes
+                        # the job, so it is not lost, only run again.
+                        self.dropped += 1
+                        logger.error(
+                            "could not record job %d attempt %d (%s): %s",
+                            outcome.job_id,
+                            outcome.attempt,
+                            outcome.kind,
+                            exc if isinstance(exc, psycopg.Error) else repr(exc),
+                        )
+                        break
+                    await asyncio.sleep(delay)
+                    continue
+                self._account([outcome], written)
+                break
+
+    def _account(self, batch: list[Outcome], written: set[int]) -> None:
+        self.written += len(written)
+        if len(written) == len(batch):
+            return
+        for o in batch:
+            if o.job_id not in written:
+                self.fenced += 1
+                telemetry.emit("write.fenced", job_id=o.job_id, attempt=o.attempt, kind=o.kind)
+                logger.info(
+                    "job %d attempt %d: outcome %s not recorded, the job moved on (rescued, "
+                    "cancelled or retried elsewhere)",
+                    o.job_id,
+                    o.attempt,
+                    o.kind,
+                )

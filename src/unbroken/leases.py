@@ -1,0 +1,102 @@
+"""The lease keeper: one statement renews the leases of every job this worker holds.
+
+Every `heartbeat_interval` it extends the leases of running jobs and of finished jobs
+whose outcome is still in the completer's buffer (their rows are still 'running', and
+letting those leases lapse would have them rescued and run twice). The same statement
+records the worker's heartbeat and returns any cancel requests, so cancellation costs no
+extra query. A lease the statement did not renew belongs to someone else now: the job is
+told to stop (fencing makes its writes harmless anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from unbroken import telemetry
+from unbroken.completer import Completer
+from unbroken.db._async.pool import AsyncRolePool
+from unbroken.executor import Executor
+from unbroken.sql import Queries
+
+logger = logging.getLogger("unbroken.leases")
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        pool: AsyncRolePool,
+        queries: Queries,
+        executor: Executor,
+        completer: Completer,
+        settings: Any,
+        worker_id: str,
+    ) -> None:
+        self._pool = pool
+        self._renew = queries["lease_renew_many"]
+        self._register = queries["worker_register"]
+        self._executor = executor
+        self._completer = completer
+        self._interval: float = settings.heartbeat_every()
+        self._lease: float = settings.lease_seconds
+        self._worker_id = worker_id
+        self._queues: list[str] = settings.queue_list()
+        self._concurrency: int = settings.concurrency
+        self.renewals = 0
+        self.registered = False
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except Exception as exc:
+                logger.warning("heartbeat failed (%s: %s)", type(exc).__name__, str(exc).strip())
+                self.registered = False  # re-register once the database is back
+                await asyncio.sleep(min(1.0, self._interval))
+                continue
+            await asyncio.sleep(self._interval)
+
+    async def register(self) -> None:
+        params = {
+            "id": self._worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": self._queues,
+            "concurrency": self._concurrency,
+        }
+        async with self._pool.connection() as conn:
+            await conn.execute(self._register, params)
+        self.registered = True
+
+    async def beat(self) -> None:
+        if not self.registered:
+            await self.register()
+        running = self._executor.held()
+        held = running + self._completer.pending()
+        started = time.monotonic()
+        params = {
+            "ids": [job_id for job_id, _ in held],
+            "attempts": [attempt for _, attempt in held],
+            "lease": self._lease,
+            "worker_id": self._worker_id,
+        }
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._renew, params)
+            rows = await cur.fetchall()
+        self.renewals += 1
+        telemetry.emit(
+            "batch.flushed", kind="lease", size=len(held), duration_s=time.monotonic() - started
+        )
+        renewed = {row[0] for row in rows}
+        for job_id, cancel_requested in rows:
+            if cancel_requested:
+                self._executor.mark_cancel_requested(job_id)
+        for job_id, attempt in running:
+            # Only a job still running here with the same attempt can have lost its lease.
+            current = self._executor.running.get(job_id)
+            if job_id not in renewed and current is not None and current.ctx.attempt == attempt:
+                self._executor.mark_lease_lost(job_id)

@@ -1,0 +1,93 @@
+"""Maintenance run by the leader: rescue, promote, prune. Each is one bounded statement.
+
+- Rescuer: running jobs whose lease expired go back to retryable (dead when their
+  attempts are spent), counted on the job, within `rescue_interval` of the expiry.
+- Scheduler: scheduled and retryable jobs whose run_at has come become available, and a
+  NOTIFY wakes the workers of their queues.
+- Pruner: finished jobs older than the retention are deleted, 1,000 at a time, and
+  workers silent for long are forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from unbroken import telemetry
+from unbroken.db._async.pool import AsyncRolePool
+from unbroken.sql import Queries
+
+logger = logging.getLogger("unbroken.maintenance")
+BATCH = 1000
+
+
+class Maintenance:
+    def __init__(
+        self,
+        pool: AsyncRolePool,
+        queries: Queries,
+        settings: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._q = queries
+        self._settings = settings
+        self._clock = clock
+        self._next: dict[str, float] = {}
+        self.rescued = 0
+        self.promoted = 0
+        self.pruned = 0
+
+    def _due(self, name: str, every: float) -> bool:
+        now = self._clock()
+        if now < self._next.get(name, 0.0):
+            return False
+        self._next[name] = now + every
+        return True
+
+    async def tick(self) -> None:
+        s = self._settings
+        if self._due("rescue", s.rescue_interval):
+            await self.rescue()
+        if self._due("promote", s.promote_interval):
+            await self.promote()
+        if self._due("prune", 60.0):
+            await self.prune()
+
+    async def rescue(self) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._q["job_rescue_expired"], {"limit": BATCH})
+            rows = await cur.fetchall()
+        for job_id, state, worker in rows:
+            logger.warning("rescued job %d from silent worker %s: now %s", job_id, worker, state)
+            telemetry.emit("job.rescued", job_id=job_id, worker_id=worker, state=state)
+        self.rescued += len(rows)
+        if rows:
+            await self.promote()  # rescued jobs are due now: make them available at once
+        return len(rows)
+
+    async def promote(self) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._q["job_promote_due"], {"limit": BATCH})
+            rows = await cur.fetchall()
+        count = 0
+        for queue, jobs, _ in rows:
+            count += jobs
+            telemetry.emit("job.promoted", queue=queue, count=jobs)
+        self.promoted += count
+        return count
+
+    async def prune(self) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                self._q["job_prune_finished"],
+                {"retention": self._settings.retention_seconds, "limit": BATCH},
+            )
+            pruned = cur.rowcount
+            await conn.execute(
+                self._q["worker_prune_silent"], {"silence": self._settings.lease_seconds * 10}
+            )
+        self.pruned += max(0, pruned)
+        return pruned

@@ -1,0 +1,74 @@
+"""The listener: one dedicated connection that LISTENs and wakes the producer.
+
+It is not from the pool (a LISTEN must stay on one session), it is checked for liveness
+every few seconds with a round trip, and it reconnects with backoff when it dies, waking
+the producer after each reconnect because notifications sent meanwhile are lost. Not
+used with PgBouncer in transaction mode, where LISTEN does not work: polling alone then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from unbroken.db.backoff import Backoff, BackoffPolicy
+from unbroken.db.conninfo import connection_kwargs
+from unbroken.settings import Settings
+
+logger = logging.getLogger("unbroken.notifier")
+LIVENESS_EVERY = 5.0  # seconds between round trips that prove the listener is alive
+
+
+class Notifier:
+    def __init__(
+        self,
+        conninfo: str,
+        settings: Settings,
+        queues: list[str],
+        on_wake: Callable[[], None],
+    ) -> None:
+        self._conninfo = conninfo
+        self._settings = settings
+        self._channel = f"{settings.schema_name}.jobs"
+        self._queues = set(queues)
+        self._on_wake = on_wake
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    async def run(self) -> None:
+        backoff = Backoff(BackoffPolicy(0.2, 5.0))
+        kwargs = connection_kwargs(self._settings, role="listener")
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, **kwargs)
+            except psycopg.Error as exc:
+                delay = backoff.failed() or 5.0
+                logger.warning("listener cannot connect (%s), retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            try:
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    backoff.tries = 0
+                    self.connected.set()
+                    self._on_wake()  # anything sent while we were away was missed
+                    await self._listen(conn)
+            except (psycopg.Error, OSError) as exc:
+                self.connected.clear()
+                self.reconnects += 1
+                delay = backoff.failed() or 5.0
+                logger.warning("listener lost its connection (%s), reconnecting", exc)
+                await asyncio.sleep(delay)
+
+    async def _listen(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        while True:
+            async for note in conn.notifies(timeout=LIVENESS_EVERY):
+                if note.payload in self._queues:
+                    self._on_wake()
+            # A silent stretch: prove the session is alive (a half-open one raises here,
+            # within the statement deadline).
+            await asyncio.wait_for(conn.execute("SELECT 1"), self._settings.deadline())

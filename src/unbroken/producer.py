@@ -1,0 +1,100 @@
+"""The producer: claims jobs for the executor's free slots, never more.
+
+It fetches when slots are free and there is reason to believe work is waiting: a
+notification from the listener, a full previous batch (a backlog), or the poll interval
+running out (the safety net when notifications are lost or LISTEN is unavailable).
+Under a backlog it lets a few slots accumulate before fetching again (a few ms at most),
+so one statement claims many jobs instead of one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from unbroken import telemetry
+from unbroken.db._async.pool import AsyncRolePool
+from unbroken.db.backoff import Backoff, BackoffPolicy
+from unbroken.executor import Executor
+from unbroken.sql import Queries
+
+logger = logging.getLogger("unbroken.producer")
+BACKLOG_GATHER_SECONDS = 0.002  # wait this long for more free slots when work is queued
+
+
+class Producer:
+    def __init__(
+        self,
+        pool: AsyncRolePool,
+        queries: Queries,
+        executor: Executor,
+        settings: Any,
+        worker_id: str,
+    ) -> None:
+        self._pool = pool
+        self._sql = queries["job_get_available"]
+        self._executor = executor
+        self._queues: list[str] = settings.queue_list()
+        self._lease: float = settings.lease_seconds
+        self._poll: float = settings.poll_interval
+        self._worker_id = worker_id
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.last_fetch_empty = False
+        self.fetches = 0
+
+    async def run(self) -> None:
+        backlog = True  # look once at start-up without waiting for a notification
+        errors = Backoff(BackoffPolicy(0.1, 5.0))
+        while not self.stopping:
+            if not backlog:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self._poll)
+                if self.stopping:
+                    break
+            self.wake.clear()
+            # Gather slots: under a backlog, wait briefly for a bigger batch.
+            wanted = max(1, self._executor.concurrency // 2) if backlog else 1
+            await self._executor.wait_for_slots(wanted, BACKLOG_GATHER_SECONDS)
+            if self.stopping:
+                break
+            limit = self._executor.free_slots()
+            try:
+                rows = await self._fetch(limit)
+            except Exception as exc:
+                delay = errors.failed() or 5.0
+                logger.warning(
+                    "fetch failed (%s: %s), retrying in %.2f s",
+                    type(exc).__name__,
+                    str(exc).strip(),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                backlog = True
+                continue
+            errors.tries = 0
+            self.fetches += 1
+            for row in rows:
+                self._executor.start(row)
+            backlog = len(rows) >= limit
+            self.last_fetch_empty = not rows
+            if rows:
+                telemetry.emit(
+                    "jobs.fetched",
+                    queue_count=len(self._queues),
+                    count=len(rows),
+                    free_slots=limit,
+                )
+
+    async def _fetch(self, limit: int) -> list[tuple[Any, ...]]:
+        params = {
+            "queues": self._queues,
+            "limit": limit,
+            "worker_id": self._worker_id,
+            "lease": self._lease,
+        }
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._sql, params)
+            return await cur.fetchall()

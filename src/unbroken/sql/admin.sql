@@ -1,0 +1,289 @@
+-- Operators: what the CLI, the dashboard, health checks and metrics read and act on.
+-- Filters are optional parameters written `(%(x)s::type IS NULL OR ...)`, so one fixed
+-- statement serves every combination and nothing is built by concatenation. Writes go
+-- through the guarded queries in jobs.sql (job_retry_many, job_cancel_many); the only
+-- write here, job_delete_many, refuses to touch jobs that are not finished.
+
+-- name: job_list
+-- Jobs matching an operator's filter, newest first, one page at a time (before_id is the cursor).
+SELECT id, queue, task, state::text AS state, priority, attempt, max_attempts, args,
+       run_at, created_at, attempted_at, finished_at, worker_id, lease_expires_at,
+       cancel_requested, progress,
+       errors -> -1 ->> 'type' AS last_error_type,
+       errors -> -1 ->> 'message' AS last_error
+FROM unbroken.jobs
+WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]::unbroken.job_state[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(older_than)s::float8 IS NULL
+       OR created_at < now() - make_interval(secs => %(older_than)s::float8))
+  AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
+  AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: job_count_matching
+-- How many jobs an operator's filter matches (what a bulk action asks confirmation for).
+SELECT count(*) AS jobs
+FROM unbroken.jobs
+WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]::unbroken.job_state[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(older_than)s::float8 IS NULL
+       OR created_at < now() - make_interval(secs => %(older_than)s::float8))
+  AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
+  AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
+
+-- name: job_ids_matching
+-- Ids matching an operator's filter in ascending order after `after_id`: bulk actions walk them in batches.
+SELECT id
+FROM unbroken.jobs
+WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]::unbroken.job_state[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(older_than)s::float8 IS NULL
+       OR created_at < now() - make_interval(secs => %(older_than)s::float8))
+  AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
+  AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
+  AND id > %(after_id)s::bigint
+ORDER BY id
+LIMIT %(limit)s
+
+-- name: job_delete_many
+-- Delete finished jobs in the given states (never a waiting or running one); returns the ids deleted.
+DELETE FROM unbroken.jobs
+WHERE id = ANY(%(ids)s::bigint[])
+  AND state = ANY(%(states)s::text[]::unbroken.job_state[])
+  AND state IN ('succeeded', 'dead', 'cancelled')
+RETURNING id
+
+-- name: job_count_by_state
+-- Jobs per queue and state (read at metrics scrape time; the (state, queue) index serves it).
+SELECT queue, state::text AS state, count(*) AS jobs
+FROM unbroken.jobs
+GROUP BY queue, state
+ORDER BY queue, state
+
+-- name: queue_list
+-- Every queue with its jobs by state, the age of its oldest waiting job, and whether it is paused.
+WITH counts AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'available') AS available,
+           count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
+           count(*) FILTER (WHERE state = 'retryable') AS retryable,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'dead') AS dead,
+           extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'available'))::float8
+               AS oldest_wait_s
+    FROM unbroken.jobs
+    WHERE state IN ('available', 'scheduled', 'retryable', 'running', 'dead')
+    GROUP BY queue
+)
+SELECT coalesce(c.queue, q.name) AS name,
+       coalesce(q.paused, false) AS paused,
+       coalesce(c.available, 0) AS available,
+       coalesce(c.scheduled, 0) AS scheduled,
+       coalesce(c.retryable, 0) AS retryable,
+       coalesce(c.running, 0) AS running,
+       coalesce(c.dead, 0) AS dead,
+       greatest(c.oldest_wait_s, 0) AS oldest_wait_s
+FROM counts AS c
+FULL JOIN unbroken.queues AS q ON q.name = c.queue
+ORDER BY 1
+
+-- name: queue_list_by_priority
+-- Waiting jobs per queue and priority, with the age of the oldest at each priority (higher priority runs first).
+SELECT queue, priority, count(*) AS available,
+       greatest(extract(epoch FROM now() - min(run_at))::float8, 0) AS oldest_wait_s
+FROM unbroken.jobs
+WHERE state = 'available'
+GROUP BY queue, priority
+ORDER BY queue, priority DESC
+
+-- name: dead_letter_groups
+-- Dead jobs grouped by queue, task, error type and message, largest group first; `key` names a group for retry and purge.
+WITH dead AS (
+    SELECT id, queue, task, finished_at,
+           coalesce(errors -> -1 ->> 'type', '(no error recorded)') AS error_type,
+           left(coalesce(errors -> -1 ->> 'message', ''), 500) AS message
+    FROM unbroken.jobs
+    WHERE state = 'dead'
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+      AND (%(task)s::text IS NULL OR task = %(task)s::text)
+)
+SELECT left(md5(queue || chr(31) || task || chr(31) || error_type || chr(31) || message), 12) AS key,
+       queue, task, error_type, message,
+       count(*) AS jobs,
+       min(finished_at) AS first_at,
+       max(finished_at) AS last_at,
+       (array_agg(id ORDER BY id DESC))[1:5] AS sample_ids
+FROM dead
+GROUP BY queue, task, error_type, message
+ORDER BY count(*) DESC, max(finished_at) DESC
+LIMIT %(limit)s
+
+-- name: dead_letter_ids
+-- Ids of dead jobs in one group (or all groups when key is NULL) after `after_id`, ascending, for batched retry or purge.
+SELECT id
+FROM unbroken.jobs
+WHERE state = 'dead'
+  AND (%(key)s::text IS NULL
+       OR left(md5(queue || chr(31) || task
+                   || chr(31) || coalesce(errors -> -1 ->> 'type', '(no error recorded)')
+                   || chr(31) || left(coalesce(errors -> -1 ->> 'message', ''), 500)), 12)
+          = %(key)s::text)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(older_than)s::float8 IS NULL
+       OR finished_at < now() - make_interval(secs => %(older_than)s::float8))
+  AND id > %(after_id)s::bigint
+ORDER BY id
+LIMIT %(limit)s
+
+-- name: dead_letter_count
+-- How many dead jobs one group (or all, when key is NULL) holds: what retry and purge ask confirmation for.
+SELECT count(*) AS jobs
+FROM unbroken.jobs
+WHERE state = 'dead'
+  AND (%(key)s::text IS NULL
+       OR left(md5(queue || chr(31) || task
+                   || chr(31) || coalesce(errors -> -1 ->> 'type', '(no error recorded)')
+                   || chr(31) || left(coalesce(errors -> -1 ->> 'message', ''), 500)), 12)
+          = %(key)s::text)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(older_than)s::float8 IS NULL
+       OR finished_at < now() - make_interval(secs => %(older_than)s::float8))
+
+-- name: stats_by_task
+-- Outcomes and total run time per queue and task over the last `window` seconds, from the per-minute counters.
+SELECT queue, task,
+       sum(succeeded)::bigint AS succeeded,
+       sum(failed)::bigint AS failed,
+       sum(dead)::bigint AS dead,
+       sum(runtime_ms)::bigint AS runtime_ms
+FROM unbroken.stats_minutely
+WHERE minute >= date_trunc('minute', now() - make_interval(secs => %(window)s::float8))
+GROUP BY queue, task
+ORDER BY queue, task
+
+-- name: stats_duration_percentiles
+-- Run-time percentiles (p50, p95, p99, seconds) per queue and task of jobs that succeeded in the last `window` seconds.
+-- attempted_at is the start of the last attempt, so this is the successful attempt's duration.
+SELECT queue, task, count(*) AS jobs,
+       percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[]) WITHIN GROUP (
+           ORDER BY extract(epoch FROM finished_at - attempted_at)::float8) AS percentiles
+FROM unbroken.jobs
+WHERE state = 'succeeded'
+  AND finished_at >= now() - make_interval(secs => %(window)s::float8)
+  AND attempted_at IS NOT NULL
+GROUP BY queue, task
+ORDER BY queue, task
+
+-- name: stats_series
+-- Outcomes per time bucket of `bucket` seconds over the last `window` seconds, gaps filled with zeros, oldest first (charts).
+WITH buckets AS (
+    SELECT to_timestamp(floor(extract(epoch FROM t) / %(bucket)s::int) * %(bucket)s::int) AS at
+    FROM generate_series(now() - make_interval(secs => %(window)s::float8) + make_interval(secs => %(bucket)s::int),
+                         now(), make_interval(secs => %(bucket)s::int)) AS t
+),
+counted AS (
+    SELECT to_timestamp(floor(extract(epoch FROM minute) / %(bucket)s::int) * %(bucket)s::int) AS at,
+           sum(succeeded)::bigint AS succeeded, sum(failed)::bigint AS failed,
+           sum(dead)::bigint AS dead, sum(runtime_ms)::bigint AS runtime_ms
+    FROM unbroken.stats_minutely
+    WHERE minute >= now() - make_interval(secs => %(window)s::float8 + %(bucket)s::int)
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    GROUP BY 1
+)
+SELECT b.at,
+       coalesce(c.succeeded, 0) AS succeeded,
+       coalesce(c.failed, 0) AS failed,
+       coalesce(c.dead, 0) AS dead,
+       coalesce(c.runtime_ms, 0) AS runtime_ms
+FROM (SELECT DISTINCT at FROM buckets) AS b
+LEFT JOIN counted AS c ON c.at = b.at
+ORDER BY b.at
+
+-- name: job_list_stuck
+-- Running jobs whose lease ran out (their worker stopped renewing it) or that have run longer than `longer_than` seconds (seed 001's debugging queries).
+SELECT j.id, j.queue, j.task, j.attempt, j.max_attempts, j.worker_id, j.attempted_at,
+       j.lease_expires_at, j.progress,
+       extract(epoch FROM now() - j.attempted_at)::float8 AS running_s,
+       extract(epoch FROM now() - j.lease_expires_at)::float8 AS lease_overdue_s,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_s,
+       CASE WHEN j.lease_expires_at < now() THEN 'lease_expired' ELSE 'long_running' END
+           AS reason
+FROM unbroken.jobs AS j
+LEFT JOIN unbroken.workers AS w ON w.id = j.worker_id
+WHERE j.state = 'running'
+  AND (j.lease_expires_at < now()
+       OR j.attempted_at < now() - make_interval(secs => %(longer_than)s::float8))
+ORDER BY j.attempted_at
+LIMIT %(limit)s
+
+-- name: job_list_progress
+-- Running jobs that report progress or have run longer than `longer_than` seconds, longest-running first (the long-jobs view).
+SELECT id, queue, task, attempt, max_attempts, worker_id, attempted_at, lease_expires_at,
+       progress, checkpoint IS NOT NULL AS has_checkpoint, rescues,
+       extract(epoch FROM now() - attempted_at)::float8 AS running_s
+FROM unbroken.jobs
+WHERE state = 'running'
+  AND (progress IS NOT NULL
+       OR attempted_at < now() - make_interval(secs => %(longer_than)s::float8))
+ORDER BY attempted_at
+LIMIT %(limit)s
+
+-- name: worker_list
+-- Registered workers with their last heartbeat's age and the jobs they run now.
+SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.running, w.started_at, w.heartbeat_at,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_s,
+       coalesce(array_agg(j.id ORDER BY j.id) FILTER (WHERE j.id IS NOT NULL), '{}')
+           AS job_ids
+FROM unbroken.workers AS w
+LEFT JOIN unbroken.jobs AS j ON j.worker_id = w.id AND j.state = 'running'
+GROUP BY w.id
+ORDER BY w.started_at, w.id
+
+-- name: connection_list
+-- This database's client sessions by application name and state (every unbroken pool names itself `unbroken:<role>`).
+SELECT coalesce(nullif(application_name, ''), '(unnamed)') AS application_name,
+       coalesce(state, 'unknown') AS state,
+       count(*) AS connections,
+       current_setting('max_connections')::int AS max_connections
+FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+GROUP BY 1, 2
+ORDER BY 1, 2
+
+-- name: health_inputs
+-- Everything the health score reads, in one round trip.
+SELECT
+    (SELECT greatest(extract(epoch FROM now() - min(j.run_at))::float8, 0)
+     FROM unbroken.jobs AS j
+     WHERE j.state = 'available'
+       AND j.queue <> ALL (ARRAY(SELECT name FROM unbroken.queues WHERE paused)))
+        AS oldest_wait_s,
+    (SELECT count(*) FROM unbroken.jobs WHERE state = 'available') AS available,
+    (SELECT coalesce(sum(succeeded), 0)::bigint FROM unbroken.stats_minutely
+     WHERE minute >= date_trunc('minute', now() - make_interval(secs => %(window)s::float8)))
+        AS succeeded,
+    (SELECT coalesce(sum(failed), 0)::bigint FROM unbroken.stats_minutely
+     WHERE minute >= date_trunc('minute', now() - make_interval(secs => %(window)s::float8)))
+        AS failed,
+    (SELECT count(*) FROM unbroken.jobs
+     WHERE state = 'running'
+       AND lease_expires_at < now() - make_interval(secs => %(lease_grace)s::float8))
+        AS expired_leases,
+    (SELECT count(*) FROM unbroken.jobs
+     WHERE state = 'running'
+       AND attempted_at < now() - make_interval(secs => %(long_running)s::float8))
+        AS long_running,
+    (SELECT count(*) FROM unbroken.jobs
+     WHERE state = 'dead' AND finished_at >= now() - make_interval(secs => %(window)s::float8))
+        AS dead_recent,
+    (SELECT count(*) FROM unbroken.workers) AS workers,
+    (SELECT count(*) FROM unbroken.workers
+     WHERE heartbeat_at < now() - make_interval(secs => %(silent_after)s::float8))
+        AS silent_workers

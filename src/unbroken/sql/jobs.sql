@@ -1,0 +1,223 @@
+-- Jobs: enqueue, fetch, record outcomes, rescue, promote, prune.
+-- Every state change names the state (and, for a running job, the attempt and the worker)
+-- it expects, so a stale writer changes nothing. Batches pass arrays and run as one
+-- statement.
+
+-- name: job_insert
+-- Enqueue one job; if a live job holds the same unique key, return that one instead.
+WITH inserted AS (
+    INSERT INTO unbroken.jobs (queue, task, args, state, priority, run_at, max_attempts, unique_key)
+    VALUES (
+        %(queue)s, %(task)s, %(args)s,
+        (CASE WHEN coalesce(%(run_at)s::timestamptz, now()) <= now()
+              THEN 'available' ELSE 'scheduled' END)::unbroken.job_state,
+        %(priority)s, coalesce(%(run_at)s::timestamptz, now()), %(max_attempts)s, %(unique_key)s)
+    ON CONFLICT (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
+        DO NOTHING
+    RETURNING id, true AS created
+)
+SELECT id, created FROM inserted
+UNION ALL
+SELECT id, false FROM unbroken.jobs
+WHERE unique_key = %(unique_key)s::text
+  AND state IN ('scheduled', 'available', 'running', 'retryable')
+  AND NOT EXISTS (SELECT 1 FROM inserted)
+LIMIT 1
+
+-- name: job_insert_many
+-- Enqueue a batch in one statement; rows whose unique key is live are skipped (ids come back in order, NULL when skipped).
+WITH input AS (
+    SELECT * FROM unnest(
+        %(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
+        %(run_ats)s::timestamptz[], %(max_attempts)s::int[], %(unique_keys)s::text[]
+    ) WITH ORDINALITY AS i(queue, task, args, priority, run_at, max_attempts, unique_key, n)
+),
+inserted AS (
+    INSERT INTO unbroken.jobs (queue, task, args, state, priority, run_at, max_attempts, unique_key)
+    SELECT queue, task, args,
+           (CASE WHEN coalesce(run_at, now()) <= now() THEN 'available' ELSE 'scheduled' END)::unbroken.job_state,
+           priority, coalesce(run_at, now()), max_attempts, unique_key
+    FROM input ORDER BY n
+    ON CONFLICT (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
+        DO NOTHING
+    RETURNING id
+)
+SELECT id FROM inserted ORDER BY id
+
+-- name: job_get_available
+-- Claim up to `limit` jobs for this worker: highest priority first, then oldest; rows locked by other workers are skipped.
+-- The CTE picks ids through jobs_fetch_idx (state = 'available', in priority order) and locks
+-- them with SKIP LOCKED so concurrent workers never wait on each other; LIMIT is the
+-- worker's free slots, so nothing is claimed that cannot start at once.
+WITH picked AS (
+    SELECT id FROM unbroken.jobs
+    WHERE state = 'available'
+      AND queue = ANY(%(queues)s::text[])
+      AND queue <> ALL (ARRAY(SELECT name FROM unbroken.queues WHERE paused))
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE unbroken.jobs AS j
+SET state = 'running',
+    attempt = j.attempt + 1,
+    worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease)s),
+    attempted_at = now()
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.priority,
+          j.checkpoint, j.chunk_size, j.rescues, j.run_at
+
+-- name: job_finish_many
+-- Record a batch of attempt outcomes; rows whose attempt, state or owner moved on are left untouched (fencing).
+-- kind: succeeded | failed (retryable, or dead when attempts are spent) | dead | cancelled
+--       | snoozed (scheduled again, attempt not spent) | handback (available, attempt not spent)
+WITH outcome AS (
+    SELECT o.*, j.queue, j.task,
+           (CASE o.kind
+                WHEN 'succeeded' THEN 'succeeded'
+                WHEN 'failed' THEN CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'retryable' END
+                WHEN 'dead' THEN 'dead'
+                WHEN 'cancelled' THEN 'cancelled'
+                WHEN 'snoozed' THEN 'scheduled'
+                WHEN 'handback' THEN 'available'
+            END)::unbroken.job_state AS new_state
+    FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::int[], %(kinds)s::text[], %(delays)s::float8[],
+        %(errors)s::jsonb[], %(results)s::jsonb[], %(runtimes)s::int[]
+    ) AS o(id, attempt, kind, delay, error, result, runtime_ms)
+    JOIN unbroken.jobs AS j ON j.id = o.id
+),
+updated AS (
+    UPDATE unbroken.jobs AS j
+    SET state = o.new_state,
+        attempt = CASE WHEN o.kind IN ('snoozed', 'handback') THEN j.attempt - 1 ELSE j.attempt END,
+        run_at = CASE WHEN o.kind IN ('failed', 'snoozed')
+                      THEN now() + make_interval(secs => coalesce(o.delay, 0)) ELSE j.run_at END,
+        errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END,
+        result = coalesce(o.result, j.result),
+        finished_at = CASE WHEN o.new_state IN ('succeeded', 'dead', 'cancelled') THEN now() END,
+        worker_id = NULL,
+        lease_expires_at = NULL
+    FROM outcome AS o
+    WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
+      AND j.worker_id = %(worker_id)s
+    RETURNING j.id, j.state, o.queue, o.task, o.runtime_ms
+),
+counted AS (
+    INSERT INTO unbroken.stats_minutely AS s (minute, queue, task, succeeded, failed, dead, runtime_ms)
+    SELECT date_trunc('minute', now()), queue, task,
+           count(*) FILTER (WHERE state = 'succeeded'),
+           count(*) FILTER (WHERE state IN ('retryable', 'dead')),
+           count(*) FILTER (WHERE state = 'dead'),
+           coalesce(sum(runtime_ms), 0)
+    FROM updated GROUP BY queue, task
+    ON CONFLICT (minute, queue, task) DO UPDATE
+    SET succeeded = s.succeeded + excluded.succeeded,
+        failed = s.failed + excluded.failed,
+        dead = s.dead + excluded.dead,
+        runtime_ms = s.runtime_ms + excluded.runtime_ms
+)
+SELECT id, state::text FROM updated
+
+-- name: lease_renew_many
+-- Extend this worker's leases in one statement and record its heartbeat; returns the leases still held and any cancel requests.
+WITH beat AS (
+    UPDATE unbroken.workers SET heartbeat_at = now(), running = cardinality(%(ids)s::bigint[])
+    WHERE id = %(worker_id)s
+)
+UPDATE unbroken.jobs AS j
+SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS h(id, attempt)
+WHERE j.id = h.id AND j.attempt = h.attempt AND j.state = 'running'
+  AND j.worker_id = %(worker_id)s
+RETURNING j.id, j.cancel_requested
+
+-- name: job_rescue_expired
+-- Move running jobs whose lease ran out to retryable (dead when attempts are spent), noting the rescue on the job.
+WITH expired AS (
+    SELECT id, worker_id FROM unbroken.jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE unbroken.jobs AS j
+SET state = (CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'retryable' END)::unbroken.job_state,
+    finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+    run_at = now(),
+    rescues = j.rescues + 1,
+    worker_id = NULL,
+    lease_expires_at = NULL,
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempt, 'at', now(), 'worker', expired.worker_id,
+        'type', 'LeaseExpired', 'kind', 'rescued',
+        'message', 'lease expired: worker ' || expired.worker_id || ' stopped renewing it',
+        'traceback', NULL))
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id, j.state::text, expired.worker_id
+
+-- name: job_promote_due
+-- Make scheduled and retryable jobs whose time has come available, and wake workers of their queues.
+WITH due AS (
+    SELECT id FROM unbroken.jobs
+    WHERE state IN ('scheduled', 'retryable') AND run_at <= now()
+    ORDER BY run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+promoted AS (
+    UPDATE unbroken.jobs AS j SET state = 'available'
+    FROM due WHERE j.id = due.id
+    RETURNING j.queue
+)
+SELECT queue, count(*) AS jobs, pg_notify('unbroken.jobs', queue) IS NULL AS notified
+FROM promoted GROUP BY queue
+
+-- name: job_prune_finished
+-- Delete a small batch of finished jobs older than the retention.
+DELETE FROM unbroken.jobs
+WHERE id IN (
+    SELECT id FROM unbroken.jobs
+    WHERE finished_at < now() - make_interval(secs => %(retention)s)
+    LIMIT %(limit)s
+)
+
+-- name: job_cancel_many
+-- Cancel waiting jobs at once and ask running ones to stop (they see it at their next heartbeat).
+UPDATE unbroken.jobs
+SET state = (CASE WHEN state = 'running' THEN 'running' ELSE 'cancelled' END)::unbroken.job_state,
+    finished_at = CASE WHEN state = 'running' THEN NULL ELSE now() END,
+    cancel_requested = true
+WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('scheduled', 'available', 'retryable', 'running')
+RETURNING id, state::text
+
+-- name: job_retry_many
+-- Put dead or cancelled jobs back in line now, granting one more attempt where they had none left.
+UPDATE unbroken.jobs AS j
+SET state = 'available',
+    run_at = now(),
+    finished_at = NULL,
+    cancel_requested = false,
+    max_attempts = greatest(j.max_attempts, j.attempt + 1)
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('dead', 'cancelled')
+  AND NOT EXISTS (
+      SELECT 1 FROM unbroken.jobs AS live
+      WHERE j.unique_key IS NOT NULL AND live.unique_key = j.unique_key AND live.id <> j.id
+        AND live.state IN ('scheduled', 'available', 'running', 'retryable'))
+RETURNING j.id
+
+-- name: job_get
+-- One job, every column.
+SELECT id, queue, task, args, state::text AS state, priority, run_at, attempt, max_attempts,
+       unique_key, worker_id, lease_expires_at, rescues, cancel_requested, errors, checkpoint,
+       progress, chunk_size, result, created_at, attempted_at, finished_at
+FROM unbroken.jobs WHERE id = %(id)s
+
+-- name: job_get_states
+-- The state of each of some jobs.
+SELECT id, state::text AS state FROM unbroken.jobs WHERE id = ANY(%(ids)s::bigint[])

@@ -1,0 +1,54 @@
+"""Telemetry events: the contract metrics, Sentry and tracing are built on.
+
+The runtime calls `emit(name, **fields)` at the points below; handlers registered with
+`subscribe` receive `(name, fields)`. With no handler an emit costs one truthiness check.
+A handler that raises is logged and never breaks the runtime.
+
+| event             | fields                                                                    |
+|-------------------|---------------------------------------------------------------------------|
+| job.started       | job_id, task, queue, attempt, wait_s (enqueue or due time to start)       |
+| job.finished      | job_id, task, queue, attempt, outcome, duration_s, error_type, error      |
+|                   | outcome: succeeded, failed, dead, cancelled, snoozed, timeout, handback   |
+| batch.flushed     | kind (finish or lease), size, duration_s                                  |
+| batch.failed      | kind, size, error_type (the batch is retried, then written one by one)    |
+| write.fenced      | job_id, attempt, kind: a stale write changed nothing (lease moved on)     |
+| job.rescued       | job_id, worker_id, state (retryable or dead)                              |
+| job.promoted      | queue, count                                                              |
+| jobs.fetched      | queue_count, count, free_slots                                            |
+| leader.changed    | role, holder, is_leader                                                   |
+| chunk.committed   | job_id, task, rows, failed, duration_s                                    |
+| chunk.retried     | job_id, task, error_type, tries                                           |
+| pool.flushed      | role (stale connections were checked and replaced after an error)         |
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("unbroken.telemetry")
+
+Handler = Callable[[str, dict[str, Any]], None]
+_handlers: list[Handler] = []
+
+
+def subscribe(handler: Handler) -> Callable[[], None]:
+    """Call `handler(name, fields)` for every event; returns a function that unsubscribes."""
+    _handlers.append(handler)
+
+    def unsubscribe() -> None:
+        if handler in _handlers:
+            _handlers.remove(handler)
+
+    return unsubscribe
+
+
+def emit(event: str, /, **fields: Any) -> None:
+    if not _handlers:
+        return
+    for handler in tuple(_handlers):
+        try:
+            handler(event, fields)
+        except Exception:
+            logger.exception("telemetry handler %r failed on %s", handler, event)

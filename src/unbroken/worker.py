@@ -1,0 +1,224 @@
+"""A worker process: the producer, executor, completer, lease keeper, listener and (on the
+leader) maintenance, sharing one small pool.
+
+Connections: a pool of at most 3 for the runtime's own statements (fetch, outcome batches,
+heartbeat and maintenance), plus the listener's dedicated one, whatever the concurrency.
+Chunked jobs get their own bounded "chunks" pool, opened only when one runs.
+
+Shutdown (SIGTERM or SIGINT): stop fetching; running jobs get `shutdown_timeout`; what
+still runs is cancelled and handed back without spending an attempt; buffered outcomes
+are written; leadership is resigned. A second signal exits at once: leases expire and the
+rescuer returns the jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from unbroken.completer import Completer
+from unbroken.db._async.pool import AsyncDatabase
+from unbroken.db._sync.pool import Database
+from unbroken.elector import Elector
+from unbroken.errors import ConfigError
+from unbroken.executor import Executor
+from unbroken.leases import LeaseKeeper
+from unbroken.maintenance import Maintenance
+from unbroken.notifier import Notifier
+from unbroken.producer import Producer
+from unbroken.settings import Settings, describe_validation_error
+
+if TYPE_CHECKING:
+    from unbroken.app import App
+
+logger = logging.getLogger("unbroken.worker")
+RUNTIME_POOL_MAX = 3
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        *,
+        burst: bool = False,
+        handle_signals: bool = True,
+        **overrides: Any,
+    ) -> None:
+        self.app = app
+        self.settings = _merge(app.settings, overrides)
+        self.burst = burst
+        self.handle_signals = handle_signals
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._signals = 0
+        self.started = threading.Event()
+        self.executor: Executor | None = None
+        self.completer: Completer | None = None
+        self.maintenance: Maintenance | None = None
+        self.adb: AsyncDatabase | None = None
+
+    # --- running -----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until stopped (SIGTERM/SIGINT, `stop()`, or an empty queue in burst mode)."""
+        asyncio.run(self.arun())
+
+    def stop(self) -> None:
+        """Ask a running worker to shut down gracefully (callable from any thread)."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def arun(self) -> None:
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        target = await asyncio.to_thread(self.app.target)
+        await asyncio.to_thread(self.app.migrate)
+        queries = self.app.queries
+
+        adb = self.adb = AsyncDatabase(target.conninfo, s)
+        pool = adb.pool("worker", min_size=1, max_size=RUNTIME_POOL_MAX)
+        adb.pool("chunks", min_size=0)
+        await adb.open()
+        db = Database(target.conninfo, s)
+        db.pool("chunks", min_size=0)
+        await asyncio.to_thread(db.open)
+
+        completer = self.completer = Completer(pool, queries, self.worker_id, s)
+        executor = self.executor = Executor(self.app, completer, s, self.worker_id, adb, db)
+        producer = Producer(pool, queries, executor, s, self.worker_id)
+        keeper = LeaseKeeper(pool, queries, executor, completer, s, self.worker_id)
+        elector = Elector(pool, queries, self.worker_id, term_seconds=max(3.0, s.lease_seconds))
+        maintenance = self.maintenance = Maintenance(pool, queries, s)
+        await keeper.register()
+
+        background = [
+            asyncio.create_task(completer.run(), name="completer"),
+            asyncio.create_task(keeper.run(), name="lease-keeper"),
+            asyncio.create_task(elector.run(maintenance.tick), name="elector"),
+        ]
+        if s.uses_listen():
+            notifier = Notifier(target.conninfo, s, s.queue_list(), producer.wake.set)
+            background.append(asyncio.create_task(notifier.run(), name="listener"))
+            try:
+                await asyncio.wait_for(notifier.connected.wait(), 5.0)
+            except TimeoutError:
+                logger.warning("listener not connected yet; polling until it is")
+        producing = asyncio.create_task(producer.run(), name="producer")
+        if self.burst:
+            background.append(asyncio.create_task(self._burst_watch(producer), name="burst"))
+        self._install_signals()
+        logger.info(
+            "worker %s started: queues %s, concurrency %d, database %s",
+            self.worker_id,
+            ",".join(s.queue_list()),
+            s.concurrency,
+            target.describe(),
+        )
+        self.started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown(producer, producing, executor, completer, elector, background)
+            await adb.close()
+            await asyncio.to_thread(db.close)
+            executor.close()
+            self._remove_signals()
+        logger.info(
+            "worker %s stopped: %d outcomes written, %d fenced",
+            self.worker_id,
+            completer.written,
+            completer.fenced,
+        )
+
+    async def _shutdown(
+        self,
+        producer: Producer,
+        producing: asyncio.Task[None],
+        executor: Executor,
+        completer: Completer,
+        elector: Elector,
+        background: list[asyncio.Task[None]],
+    ) -> None:
+        producer.stopping = True
+        producer.wake.set()
+        await asyncio.wait([producing], timeout=self.settings.deadline())
+        if executor.running:
+            logger.info(
+                "waiting up to %.0f s for %d running jobs",
+                self.settings.shutdown_timeout,
+                len(executor.running),
+            )
+        if not await executor.wait_idle(self.settings.shutdown_timeout):
+            logger.warning("handing back %d unfinished jobs", len(executor.running))
+            await executor.hand_back_remaining()
+        await completer.drain(timeout=max(10.0, self.settings.deadline()))
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, producing, return_exceptions=True)
+        try:
+            await elector.resign()
+            async with self.adb.pool("worker").connection() as conn:  # type: ignore[union-attr]
+                await conn.execute(self.app.queries["worker_deregister"], {"id": self.worker_id})
+        except Exception as exc:
+            logger.warning("could not deregister cleanly (%s); the leader forgets us later", exc)
+
+    async def _burst_watch(self, producer: Producer) -> None:
+        assert self.executor is not None
+        assert self.completer is not None
+        while True:
+            await asyncio.sleep(0.05)
+            idle = not self.executor.running and not len(self.completer)
+            if idle and producer.last_fetch_empty and producer.fetches > 0:
+                logger.info("burst mode: no jobs left, stopping")
+                assert self._stop is not None
+                self._stop.set()
+                return
+
+    # --- signals -----------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signals(self) -> None:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.warning(
+                "%s: finishing running jobs (up to %.0f s); send it again to exit at once",
+                sig.name,
+                self.settings.shutdown_timeout,
+            )
+            assert self._stop is not None
+            self._stop.set()
+        else:
+            logger.warning("%s again: exiting now; leases will return the running jobs", sig.name)
+            os._exit(1)
+
+
+def _merge(base: Settings, overrides: dict[str, Any]) -> Settings:
+    if not overrides:
+        return base
+    if "queues" in overrides and not isinstance(overrides["queues"], str):
+        overrides = {**overrides, "queues": ",".join(overrides["queues"])}
+    try:
+        return Settings(**{**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, overrides)) from None
