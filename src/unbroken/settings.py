@@ -242,14 +242,7 @@ class Settings(BaseSettings):
     def _url_parses(cls, value: str | None) -> str | None:
         if value is None or value == "":
             return None
-        from psycopg.conninfo import conninfo_to_dict
-
-        try:
-            conninfo_to_dict(value)
-        except Exception as exc:
-            raise ValueError(
-                f"not a valid PostgreSQL URL or conninfo ({_first_line(exc)})"
-            ) from None
+        _parse_url(value)
         return value
 
     @model_validator(mode="after")
@@ -296,15 +289,24 @@ class Settings(BaseSettings):
         return 300.0
 
 
-def _check_url(name: str, value: str) -> str:
+def _parse_url(value: str) -> None:
+    """Raise ValueError with a short reason if libpq would refuse `value`."""
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        conninfo_to_dict(value)
+        params = conninfo_to_dict(value)
     except Exception as exc:
-        raise ConfigError(
-            f"{name}: not a valid PostgreSQL URL or conninfo ({_first_line(exc)})"
-        ) from None
+        raise ValueError(f"not a valid PostgreSQL URL or conninfo ({_first_line(exc)})") from None
+    ports = str(params.get("port") or "5432").split(",")
+    if not all(p.strip().isdigit() and 0 < int(p) < 65536 for p in ports):
+        raise ValueError(f"not a valid PostgreSQL URL or conninfo (bad port {params['port']!r})")
+
+
+def _check_url(name: str, value: str) -> str:
+    try:
+        _parse_url(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     return value
 
 
@@ -331,7 +333,13 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 # UNBROKEN_* variables read by other parts (the CLI, the dashboard, the test suite).
-_OTHER_VARS = ("UNBROKEN_LOG_LEVEL", "UNBROKEN_APP", "UNBROKEN_DASHBOARD_", "UNBROKEN_TEST_")
+_OTHER_VARS = (
+    "UNBROKEN_LOG_LEVEL",
+    "UNBROKEN_APP",
+    "UNBROKEN_BURST",
+    "UNBROKEN_DASHBOARD_",
+    "UNBROKEN_TEST_",
+)
 
 
 def unknown_env_vars() -> list[str]:

@@ -21,7 +21,7 @@ def start_time(url: str) -> datetime:
 
 def test_session_server_runs_with_the_test_settings(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
-        settings = dict(
+        settings: dict[str, str] = dict(
             conn.execute(
                 "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
                 [["fsync", "max_connections", "shared_preload_libraries"]],

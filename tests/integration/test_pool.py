@@ -1,0 +1,275 @@
+"""The connection layer against a real server and real faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import AsyncConnection, Connection
+from psycopg_pool import PoolTimeout
+
+from pg import Faults
+from unbroken.db._async.pool import AsyncDatabase
+from unbroken.db._sync.pool import Database, RolePool
+from unbroken.errors import DatabaseUnavailable, StatementDeadline, UnitOfWorkFailed
+from unbroken.settings import Settings, load_settings
+
+
+def settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "pool_min_size": 2,
+        "pool_max_size": 4,
+        "startup_wait": 30,
+        "startup_backoff_base": 0.2,
+        "startup_backoff_cap": 1,
+        "retry_backoff_base": 0.05,
+        "retry_backoff_cap": 0.5,
+        "pool_acquire_timeout": 10,
+    }
+    return load_settings(**{**base, **overrides})
+
+
+@pytest.fixture
+def table(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = on")  # survive an immediate restart
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
+    return database_url
+
+
+def test_server_down_at_start_pool_opens_when_it_comes_back(
+    database_url: str, faults: Faults, caplog: pytest.LogCaptureFixture
+) -> None:
+    faults.stop()
+    faults.stop_for_in_background(0, delay=5.0)  # start again 5 s from now
+    caplog.set_level(logging.WARNING, "unbroken.db")
+    started = time.monotonic()
+    with RolePool("api", database_url, settings()) as pool, pool.connection() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert time.monotonic() - started >= 4.5  # it really waited for the server
+    attempts = [r.getMessage() for r in caplog.records if "not reachable" in r.getMessage()]
+    assert attempts
+    assert "(attempt 1/" in attempts[0]
+    assert "retrying in" in attempts[0]
+
+
+def test_unreachable_for_the_whole_wait_fails_with_one_clear_error(faults: Faults) -> None:
+    url = "postgresql://postgres@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    with pytest.raises(DatabaseUnavailable) as err:
+        RolePool("api", url, settings(startup_wait=1)).open()
+    assert "host 127.0.0.1 port 1 database nowhere" in str(err.value)
+
+
+def test_terminated_mid_transaction_the_unit_of_work_is_retried_exactly_once(
+    table: str, faults: Faults
+) -> None:
+    tries = []
+
+    def work(conn: Connection[Any]) -> int:
+        tries.append(1)
+        conn.execute("INSERT INTO items VALUES (1, 'once')")
+        if len(tries) == 1:
+            # Kill our own session while the insert is uncommitted.
+            faults.terminate_backends("unbroken:api")
+        return len(tries)
+
+    with RolePool("api", table, settings()) as pool:
+        assert pool.run(work) == 2
+        with pool.connection() as conn:
+            assert conn.execute("SELECT count(*) FROM items").fetchone() == (1,)
+
+
+def test_permanent_error_is_not_retried(table: str) -> None:
+    calls = []
+
+    def work(conn: Connection[Any]) -> None:
+        calls.append(1)
+        conn.execute("INSERT INTO items VALUES (1, 'a'), (1, 'b')")
+
+    with RolePool("api", table, settings()) as pool, pytest.raises(psycopg.errors.UniqueViolation):
+        pool.run(work)
+    assert calls == [1]
+
+
+def test_transient_errors_past_the_limit_give_one_final_error(table: str, faults: Faults) -> None:
+    def work(conn: Connection[Any]) -> None:
+        faults.terminate_backends("unbroken:api")
+        conn.execute("SELECT 1")
+
+    with (
+        RolePool("api", table, settings(retry_attempts=3)) as pool,
+        pytest.raises(UnitOfWorkFailed) as err,
+    ):
+        pool.run(work)
+    assert err.value.attempts == 3
+    assert isinstance(err.value.__cause__, psycopg.OperationalError)
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_server_restarted_mid_run_the_next_unit_succeeds(
+    table: str, faults: Faults, mode: Any
+) -> None:
+    with RolePool("api", table, settings(pool_min_size=4)) as pool:
+        pool.run(lambda c: c.execute("INSERT INTO items VALUES (1, 'before')"))
+        faults.restart(mode)
+        pool.run(lambda c: c.execute("INSERT INTO items VALUES (2, 'after')"))
+        with pool.connection() as conn:
+            rows = conn.execute("SELECT id FROM items ORDER BY id").fetchall()
+        assert rows in ([(1,), (2,)], [(2,)])  # immediate stop may lose an unsynced commit
+        assert pool.stats().reconnects >= 1  # one flush replaced every stale connection
+
+
+def test_connection_handed_back_inside_a_transaction_is_rolled_back_and_named(
+    table: str, faults: Faults, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "unbroken.db")
+    with RolePool("api", table, settings()) as pool:
+        with pool.connection() as conn:
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO items VALUES (1, 'lost')")
+        assert pool.stats().dirty_returns == 1
+        with pool.connection() as conn:
+            assert conn.execute("SELECT count(*) FROM items").fetchone() == (0,)
+        assert not faults.idle_in_transaction()
+    warning = next(
+        r.getMessage() for r in caplog.records if "inside a transaction" in r.getMessage()
+    )
+    assert "test_pool.py" in warning
+    assert "test_connection_handed_back_inside_a_transaction" in warning
+
+
+def test_transaction_scope_commits_or_rolls_back(table: str) -> None:
+    with RolePool("api", table, settings()) as pool:
+        with pool.transaction() as conn:
+            conn.execute("INSERT INTO items VALUES (1, 'kept')")
+
+        def failing() -> None:
+            with pool.transaction() as conn:
+                conn.execute("INSERT INTO items VALUES (2, 'dropped')")
+                raise RuntimeError("user code failed")
+
+        with pytest.raises(RuntimeError):
+            failing()
+        with pool.connection() as conn:
+            assert conn.execute("SELECT id FROM items").fetchall() == [(1,)]
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_named_pools_do_not_starve_each_other(database_url: str) -> None:
+    db = Database(database_url, settings(pool_acquire_timeout=0.5))
+    worker = db.pool("worker", min_size=1, max_size=2)
+    api = db.pool("api", min_size=1, max_size=2)
+    db.open()
+    try:
+        with worker.connection(), worker.connection():
+            with pytest.raises(PoolTimeout), worker.connection():  # the worker pool is exhausted...
+                pass
+            with api.connection() as conn:  # ...and the api pool does not care
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        stats = {s.role: s for s in db.stats()}
+        assert stats["worker"].errors >= 1
+        assert stats["worker"].max_size == 2
+        assert stats["api"].errors == 0
+    finally:
+        db.close()
+
+
+def test_stale_idle_connections_are_flushed_at_once(database_url: str, faults: Faults) -> None:
+    with RolePool("api", database_url, settings(pool_min_size=4)) as pool:
+        conns = [pool._pool.getconn() for _ in range(4)]  # make sure all four are open
+        for c in conns:
+            pool._pool.putconn(c)
+        faults.restart("fast")
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        stats = pool.stats()
+        assert stats.reconnects == 1  # one flush, not one failed checkout per connection
+        assert stats.connections_lost >= 3
+
+
+def test_statement_deadline_ends_a_blackholed_query(database_url: str, pg_server: Any) -> None:
+    from proxy import Proxy
+
+    dbname = database_url.rsplit("/", 1)[1]
+    proxy = Proxy("127.0.0.1", pg_server.server.port).start()
+    try:
+        s = settings(statement_deadline=1.0, pool_min_size=1, retry_attempts=1)
+        with RolePool("api", proxy.url(dbname), s) as pool:
+            with pool.connection() as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+            proxy.blackhole()
+            started = time.monotonic()
+            with pytest.raises(StatementDeadline), pool.connection() as conn:
+                conn.execute("SELECT 1")
+            assert time.monotonic() - started < 10  # not forever
+    finally:
+        proxy.stop()
+
+
+def test_async_statement_deadline(database_url: str, pg_server: Any) -> None:
+    from proxy import Proxy
+
+    dbname = database_url.rsplit("/", 1)[1]
+    proxy = Proxy("127.0.0.1", pg_server.server.port).start()
+
+    async def main() -> None:
+        s = settings(statement_deadline=1.0, pool_min_size=1)
+        db = AsyncDatabase(proxy.url(dbname), s)
+        pool = db.pool("worker")
+        await db.open()
+        try:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+                proxy.blackhole()
+                with pytest.raises(StatementDeadline):
+                    await conn.execute("SELECT pg_sleep(0)")
+        finally:
+            proxy.heal()
+            await db.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        proxy.stop()
+
+
+def test_async_unit_of_work_survives_a_restart(table: str, faults: Faults) -> None:
+    async def main() -> list[tuple[int]]:
+        db = AsyncDatabase(table, settings())
+        pool = db.pool("worker")
+        await db.open()
+        try:
+
+            async def insert(conn: AsyncConnection[Any]) -> None:
+                await conn.execute("INSERT INTO items VALUES (7, 'async') ON CONFLICT DO NOTHING")
+
+            await pool.run(insert)
+            restarter = threading.Thread(target=faults.restart, args=("fast",))
+            restarter.start()
+            restarter.join()
+            await pool.run(insert)
+
+            async def read(conn: AsyncConnection[Any]) -> list[tuple[int]]:
+                return await (await conn.execute("SELECT id FROM items")).fetchall()
+
+            return await pool.run(read)
+        finally:
+            await db.close()
+
+    assert asyncio.run(main()) == [(7,)]
+
+
+def test_no_session_is_left_idle_in_transaction(table: str, faults: Faults) -> None:
+    with RolePool("api", table, settings()) as pool:
+        for i in range(20):
+            try:
+                with pool.transaction() as conn:
+                    conn.execute("INSERT INTO items VALUES (%s, 'x')", [i % 5])
+            except psycopg.errors.UniqueViolation:
+                pass
+        assert faults.idle_in_transaction() == []

@@ -1,0 +1,53 @@
+"""Bad input on the command line: one line naming the problem, exit code 2, nothing started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("UNBROKEN_", "PG"))}
+    clean.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "unbroken", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"UNBROKEN_POOL_MAX_SIZE": "0"}, "UNBROKEN_POOL_MAX_SIZE: Input should be greater than"),
+        ({"UNBROKEN_CONCURRENCY": "lots"}, "UNBROKEN_CONCURRENCY: Input should be a valid integer"),
+        ({"UNBROKEN_DATABASE_URL": "postgresql://[oops"}, "UNBROKEN_DATABASE_URL: not a valid"),
+        ({"DATABASE_URL": "mysql://root@db/app"}, "DATABASE_URL: not a valid"),
+        ({"UNBROKEN_LEASE_SECOND": "5"}, "did you mean lease_seconds?"),
+    ],
+)
+def test_bad_setting_is_one_line_and_exit_code_2(env: dict[str, str], expected: str) -> None:
+    result = run("db", "url", **env)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_password_never_printed(tmp_path: object) -> None:
+    result = run("db", "url", UNBROKEN_DATABASE_URL="postgresql://app:hunter2@db:bad/x")
+    assert result.returncode == 2
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_bad_app_spec_is_one_line() -> None:
+    result = run("worker", "--app", "no_such_module:app")
+    assert result.returncode == 2
+    assert "cannot import module 'no_such_module'" in result.stderr

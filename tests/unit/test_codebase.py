@@ -1,0 +1,62 @@
+"""Checks on the code base itself: generated code is current, SQL is well-formed, the public
+surface is curated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import unbroken
+from unbroken.migrations import available, render
+from unbroken.sql import Queries
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_generated_sync_code_is_current() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/gen_sync.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_query_has_a_purpose_and_uses_the_schema() -> None:
+    q = Queries("unbroken")
+    assert len(q.names()) >= 15
+    for name in q.names():
+        query = q.get(name)
+        assert query.purpose, name
+        # Our tables are always schema-qualified; only catalog queries (pg_*) may skip it.
+        assert b"unbroken." in query.text or b"pg_" in query.text, name
+
+
+def test_schema_is_substituted_everywhere() -> None:
+    q = Queries("tenant_a")
+    for name in q.names():
+        assert b"unbroken." not in q[name], name
+    assert b"pg_notify('tenant_a.jobs'" in q["job_promote_due"]
+
+
+def test_migrations_are_numbered_without_gaps() -> None:
+    versions = [m.version for m in available()]
+    assert versions == list(range(1, len(versions) + 1))
+
+
+def test_render_refuses_an_unsafe_schema_name() -> None:
+    import pytest
+
+    from unbroken.errors import MigrationError
+
+    with pytest.raises(MigrationError):
+        render("SELECT 1", 'x"; DROP TABLE jobs; --')
+
+
+def test_public_surface_is_sorted_and_importable() -> None:
+    names = unbroken.__all__  # ruff's RUF022 keeps it sorted
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert hasattr(unbroken, name), name

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from unbroken.db.conninfo import connection_kwargs, describe_target, redact
+from unbroken.settings import load_settings
+
+
+def test_redact_hides_passwords_in_urls_and_conninfo() -> None:
+    assert redact("postgresql://app:s3cr3t@db:5432/x") == "postgresql://app:***@db:5432/x"
+    assert "s3cr3t" not in redact("host=db password=s3cr3t dbname=x")
+    assert "it's" not in redact("host=db password='it''s' dbname=x")
+
+
+def test_describe_target_never_shows_the_password() -> None:
+    text = describe_target("postgresql://app:s3cr3t@db.internal:6432/orders")
+    assert text == "host db.internal port 6432 database orders"
+
+
+def test_every_connection_gets_keepalives_and_server_timeouts() -> None:
+    kwargs = connection_kwargs(load_settings(statement_timeout=7), role="worker")
+    assert kwargs["keepalives"] == 1
+    assert kwargs["tcp_user_timeout"] > 0
+    assert "statement_timeout=7000" in kwargs["options"]
+    assert "idle_in_transaction_session_timeout" in kwargs["options"]
+    assert kwargs["application_name"] == "unbroken:worker"
+    assert kwargs["autocommit"] is True
+
+
+def test_pgbouncer_transaction_mode_disables_prepared_statements() -> None:
+    kwargs = connection_kwargs(load_settings(pgbouncer="transaction"), role="w")
+    assert kwargs["prepare_threshold"] is None
+    assert not load_settings(pgbouncer="transaction").uses_listen()
