@@ -36,6 +36,7 @@ from unbroken.enqueue import (
     JobRow,
     ainsert_many,
     ainsert_one,
+    argument_checker,
     insert_many,
     insert_one,
     make_row,
@@ -94,7 +95,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self._enqueue_options = enqueue_options or EnqueueOptions()
         self._conn = conn
-        self._signature = _signature_of(fn)
+        self._check_args = argument_checker(_signature_of(fn))
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -138,7 +139,7 @@ class Task(Generic[P, R]):
                 raise EnqueueError(f"task {self.name}: use aenqueue() with an async connection")
             return insert_one(self._conn, self.app.queries, row)
         pool = self.app.database().pool("api")
-        return pool.run(lambda conn: insert_one(conn, self.app.queries, row))
+        return pool.run(lambda conn: insert_one(conn, self.app.queries, row), transaction=False)
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """`enqueue` for async code."""
@@ -152,13 +153,13 @@ class Task(Generic[P, R]):
         async def insert(conn: AsyncConnection[Any]) -> int:
             return await ainsert_one(conn, self.app.queries, row)
 
-        return await adb.pool("api").run(insert)
+        return await adb.pool("api").run(insert, transaction=False)
 
     def _row(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobRow:
         o = self.options
         return make_row(
             task=self.name,
-            signature=self._signature,
+            check=self._check_args,
             args=args,
             kwargs=kwargs,
             queue=o.queue,
@@ -167,8 +168,12 @@ class Task(Generic[P, R]):
             unique=o.unique,
             options=self._enqueue_options,
             max_payload_bytes=self.app.settings.max_payload_bytes,
-            now=lambda: datetime.now(UTC),
+            now=_utcnow,
         )
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def _signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
@@ -212,6 +217,8 @@ class App:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
             if task_name in self.tasks:
                 raise ConfigError(f"task {task_name!r} is registered twice")
+            if not 1 <= len(task_name) <= 255 or any(c in task_name for c in "\t\n\r\\"):
+                raise ConfigError(f"task name {task_name!r}: 1 to 255 characters, no control ones")
             if max_attempts < 1:
                 raise ConfigError(f"task {task_name}: max_attempts must be >= 1")
             if timeout is not None and timeout <= 0:

@@ -32,16 +32,18 @@ logger = logging.getLogger("unbroken.completer")
 BATCH_TRIES_BEFORE_SINGLES = 3
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """What one attempt came to, waiting to be written."""
 
     job_id: int
     attempt: int
-    kind: str  # succeeded | failed | dead | cancelled | snoozed | handback
+    state: str  # the job's next state: succeeded retryable dead cancelled scheduled available
+    kind: str  # what happened, for logs and telemetry: succeeded failed timeout dead
+    #            cancelled snoozed handback
     queue: str
     task: str
-    delay: float | None = None  # seconds until the retry (failed) or the next run (snoozed)
+    delay: float | None = None  # seconds until the retry (retryable) or next run (scheduled)
     error: str | None = None  # JSON of the error record
     result: str | None = None  # JSON of the return value
     runtime_ms: int = 0
@@ -167,7 +169,7 @@ class Completer:
         params = {
             "ids": [o.job_id for o in batch],
             "attempts": [o.attempt for o in batch],
-            "kinds": [o.kind for o in batch],
+            "states": [o.state for o in batch],
             "delays": [o.delay for o in batch],
             "errors": [o.error for o in batch],
             "results": [o.result for o in batch],
@@ -175,7 +177,9 @@ class Completer:
             "worker_id": self._worker_id,
         }
         async with self._pool.connection() as conn:
-            cur = await conn.execute(self._sql, params)
+            # Never prepared: a cached generic plan cannot see the arrays' sizes and was
+            # measured 20x slower than a fresh plan, which costs well under a millisecond.
+            cur = await conn.execute(self._sql, params, prepare=False)
             return {row[0] for row in await cur.fetchall()}
 
     async def _write_singly(self, batch: list[Outcome]) -> None:

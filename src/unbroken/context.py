@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from unbroken.settings import Settings
 
 
-@dataclass
+@dataclass(slots=True)
 class JobContext:
     """The running attempt of one job. Fencing identity: (job_id, attempt, worker_id)."""
 

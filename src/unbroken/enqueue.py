@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection, Connection
@@ -20,6 +21,8 @@ from psycopg.types.json import Jsonb
 
 from unbroken.errors import EnqueueError
 from unbroken.sql import Queries
+
+_UNSAFE_NAME = re.compile(r"[\t\n\r\\]")
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class EnqueueOptions:
     max_attempts: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JobRow:
     """A validated job, ready to insert."""
 
@@ -62,19 +65,53 @@ def _identity(text: str) -> str:
     return text
 
 
+# One encoder, built once: json.dumps() with options builds a new one on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def argument_checker(
+    signature: inspect.Signature | None,
+) -> Callable[[tuple[Any, ...], dict[str, Any]], None]:
+    """A fast check that arguments fit `signature` (raises TypeError like bind() does).
+
+    Plain signatures (named parameters, no defaults, no *args/**kwargs) are checked by
+    counting; anything else falls back to `Signature.bind`.
+    """
+    if signature is None:
+        return lambda args, kwargs: None
+    params = list(signature.parameters.values())
+    plain = all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
+    if not plain:
+
+        def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            signature.bind(*args, **kwargs)
+
+        return bind
+    names = [p.name for p in params]
+    count = len(names)
+
+    def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if len(args) + len(kwargs) != count or (
+            kwargs and not all(k in names[len(args) :] for k in kwargs)
+        ):
+            signature.bind(*args, **kwargs)  # raises the precise TypeError
+
+    return check
+
+
 def serialise_args(
-    task: str, signature: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    task: str,
+    check: Callable[[tuple[Any, ...], dict[str, Any]], None],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> str:
     """JSON for the job's arguments, after checking they fit the task's signature."""
-    if signature is not None:
-        try:
-            signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise EnqueueError(f"task {task}: arguments do not fit its signature: {exc}") from None
     try:
-        return json.dumps(
-            {"args": list(args), "kwargs": kwargs}, separators=(",", ":"), allow_nan=False
-        )
+        check(args, kwargs)
+    except TypeError as exc:
+        raise EnqueueError(f"task {task}: arguments do not fit its signature: {exc}") from None
+    try:
+        return _encode({"args": list(args), "kwargs": kwargs})
     except (TypeError, ValueError) as exc:
         raise EnqueueError(f"task {task}: arguments cannot be serialised to JSON: {exc}") from None
 
@@ -82,7 +119,7 @@ def serialise_args(
 def make_row(
     *,
     task: str,
-    signature: inspect.Signature | None,
+    check: Callable[[tuple[Any, ...], dict[str, Any]], None],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     queue: str,
@@ -93,7 +130,7 @@ def make_row(
     max_payload_bytes: int,
     now: Callable[[], datetime],
 ) -> JobRow:
-    payload = serialise_args(task, signature, args, kwargs)
+    payload = serialise_args(task, check, args, kwargs)
     if len(payload) > max_payload_bytes:
         raise EnqueueError(
             f"task {task}: arguments are {len(payload):,} bytes, over the limit of "
@@ -127,8 +164,11 @@ def make_row(
     if run_at is not None and run_at.tzinfo is None:
         raise EnqueueError(f"task {task}: run_at must be timezone-aware, got {run_at}")
     q = options.queue or queue
-    if not 1 <= len(q) <= 128:
-        raise EnqueueError(f"task {task}: queue name must be 1 to 128 characters")
+    if not 1 <= len(q) <= 128 or _UNSAFE_NAME.search(q):
+        raise EnqueueError(
+            f"task {task}: queue name {q!r} must be 1 to 128 characters without tabs, "
+            "newlines or backslashes"
+        )
     return JobRow(q, task, payload, prio, run_at, attempts, key)
 
 
@@ -170,7 +210,14 @@ def many_params(rows: Sequence[JobRow]) -> dict[str, Any]:
 def insert_many(conn: Connection[Any], queries: Queries, rows: Sequence[JobRow]) -> list[int]:
     if not rows:
         return []
-    return [r[0] for r in conn.execute(queries["job_insert_many"], many_params(rows)).fetchall()]
+    if any(r.unique_key is not None for r in rows):
+        # Unique keys need ON CONFLICT, which COPY cannot do: one multi-row statement.
+        cur = conn.execute(queries["job_insert_many"], many_params(rows), prepare=False)
+        return [r[0] for r in cur.fetchall()]
+    ids = [r[0] for r in conn.execute(queries["job_reserve_ids"], {"n": len(rows)}).fetchall()]
+    with conn.cursor().copy(queries["job_copy"]) as copy:
+        copy.write(copy_text(ids, rows, datetime.now(UTC)))
+    return ids
 
 
 async def ainsert_many(
@@ -178,5 +225,29 @@ async def ainsert_many(
 ) -> list[int]:
     if not rows:
         return []
-    cur = await conn.execute(queries["job_insert_many"], many_params(rows))
-    return [r[0] for r in await cur.fetchall()]
+    if any(r.unique_key is not None for r in rows):
+        cur = await conn.execute(queries["job_insert_many"], many_params(rows), prepare=False)
+        return [r[0] for r in await cur.fetchall()]
+    cur = await conn.execute(queries["job_reserve_ids"], {"n": len(rows)})
+    ids = [r[0] for r in await cur.fetchall()]
+    async with conn.cursor().copy(queries["job_copy"]) as copy:
+        await copy.write(copy_text(ids, rows, datetime.now(UTC)))
+    return ids
+
+
+def copy_text(ids: Sequence[int], rows: Sequence[JobRow], now: datetime) -> str:
+    """COPY text-format lines; JSON escapes control characters, so only backslashes need
+    doubling, and names were checked for tabs, newlines and backslashes at validation."""
+    stamp = now.isoformat()
+    lines = []
+    for job_id, r in zip(ids, rows, strict=True):
+        if r.run_at is None or r.run_at <= now:
+            state, run_at = "available", stamp if r.run_at is None else r.run_at.isoformat()
+        else:
+            state, run_at = "scheduled", r.run_at.isoformat()
+        args = r.args.replace("\\", "\\\\") if "\\" in r.args else r.args
+        lines.append(
+            f"{job_id}\t{r.queue}\t{r.task}\t{args}\t{state}\t{r.priority}\t{run_at}"
+            f"\t{r.max_attempts}\n"
+        )
+    return "".join(lines)

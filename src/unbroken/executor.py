@@ -37,6 +37,13 @@ if TYPE_CHECKING:
     from unbroken.settings import Settings
 
 logger = logging.getLogger("unbroken.executor")
+_STATE_OF_KIND = {
+    "succeeded": "succeeded",
+    "dead": "dead",
+    "cancelled": "cancelled",
+    "snoozed": "scheduled",  # runs again later; the attempt is given back
+    "handback": "available",  # shutdown: someone else runs it now; the attempt is given back
+}
 TRACEBACK_LIMIT = 16_000  # characters of traceback kept per attempt
 
 
@@ -118,15 +125,15 @@ class Executor:
             adb=self._adb,
             db=self._db,
         )
-        wait_s = max(0.0, (datetime.now(UTC) - run_at).total_seconds())
-        telemetry.emit(
-            "job.started",
-            job_id=job_id,
-            task=task_name,
-            queue=queue,
-            attempt=attempt,
-            wait_s=wait_s,
-        )
+        if telemetry.active():
+            telemetry.emit(
+                "job.started",
+                job_id=job_id,
+                task=task_name,
+                queue=queue,
+                attempt=attempt,
+                wait_s=max(0.0, (datetime.now(UTC) - run_at).total_seconds()),
+            )
         # The slot is taken now (before the task first runs), so the next fetch sees it.
         task = asyncio.get_running_loop().create_task(self._run(ctx))
         self.running[job_id] = Running(ctx, task, time.monotonic())
@@ -139,7 +146,7 @@ class Executor:
         finally:
             self.running.pop(ctx.job_id, None)
             self._slot_freed.set()
-        if outcome is not None:
+        if outcome is not None and telemetry.active():
             telemetry.emit(
                 "job.finished",
                 job_id=ctx.job_id,
@@ -151,16 +158,22 @@ class Executor:
                 error_type=_error_type(outcome.error),
                 error=outcome.error,
             )
+        if outcome is not None:
             await self._completer.put(outcome)
 
     async def _attempt(self, ctx: JobContext, started: float) -> Outcome | None:
         def done(kind: str, **kw: Any) -> Outcome:
+            if kind in ("failed", "timeout"):
+                state = "dead" if ctx.attempt >= ctx.max_attempts else "retryable"
+            else:
+                state = _STATE_OF_KIND[kind]
             return Outcome(
-                job_id=ctx.job_id,
-                attempt=ctx.attempt,
-                kind=kind,
-                queue=ctx.queue,
-                task=ctx.task,
+                ctx.job_id,
+                ctx.attempt,
+                state,
+                kind,
+                ctx.queue,
+                ctx.task,
                 runtime_ms=int((time.monotonic() - started) * 1000),
                 **kw,
             )
@@ -191,7 +204,7 @@ class Executor:
             ctx.cancel_requested = True  # a sync thread may still be running: ask it to stop
             message = f"attempt exceeded its timeout of {task.options.timeout:g} s"
             return done(
-                "failed",
+                "timeout",
                 delay=task.options.retry.delay(ctx.attempt),
                 error=self._error(ctx, "Timeout", message, _tb(exc), "timeout"),
             )

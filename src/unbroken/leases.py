@@ -85,7 +85,7 @@ class LeaseKeeper:
             "worker_id": self._worker_id,
         }
         async with self._pool.connection() as conn:
-            cur = await conn.execute(self._renew, params)
+            cur = await conn.execute(self._renew, params, prepare=False)
             rows = await cur.fetchall()
         self.renewals += 1
         telemetry.emit(

@@ -96,5 +96,5 @@ class Producer:
             "lease": self._lease,
         }
         async with self._pool.connection() as conn:
-            cur = await conn.execute(self._sql, params)
+            cur = await conn.execute(self._sql, params, prepare=False)
             return await cur.fetchall()

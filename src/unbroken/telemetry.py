@@ -44,6 +44,11 @@ def subscribe(handler: Handler) -> Callable[[], None]:
     return unsubscribe
 
 
+def active() -> bool:
+    """True when someone listens; hot paths check it before building an event's fields."""
+    return bool(_handlers)
+
+
 def emit(event: str, /, **fields: Any) -> None:
     if not _handlers:
         return

@@ -48,17 +48,23 @@ SELECT id FROM inserted ORDER BY id
 
 -- name: job_get_available
 -- Claim up to `limit` jobs for this worker: highest priority first, then oldest; rows locked by other workers are skipped.
--- The CTE picks ids through jobs_fetch_idx (state = 'available', in priority order) and locks
--- them with SKIP LOCKED so concurrent workers never wait on each other; LIMIT is the
--- worker's free slots, so nothing is claimed that cannot start at once.
+-- Per queue, a LATERAL subquery walks jobs_fetch_idx in (priority DESC, run_at, id) order
+-- and locks with SKIP LOCKED, so concurrent workers never wait on each other and no sort of
+-- the backlog is needed (a plain `queue = ANY(...)` would force one). LIMIT is the worker's
+-- free slots: nothing is claimed that cannot start at once.
 WITH picked AS (
-    SELECT id FROM unbroken.jobs
-    WHERE state = 'available'
-      AND queue = ANY(%(queues)s::text[])
-      AND queue <> ALL (ARRAY(SELECT name FROM unbroken.queues WHERE paused))
-    ORDER BY priority DESC, run_at, id
+    SELECT c.id
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM unbroken.jobs
+        WHERE state = 'available' AND queue = q.name
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE q.name NOT IN (SELECT name FROM unbroken.queues WHERE paused)
+    ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE unbroken.jobs AS j
 SET state = 'running',
@@ -73,39 +79,27 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.priority,
 
 -- name: job_finish_many
 -- Record a batch of attempt outcomes; rows whose attempt, state or owner moved on are left untouched (fencing).
--- kind: succeeded | failed (retryable, or dead when attempts are spent) | dead | cancelled
---       | snoozed (scheduled again, attempt not spent) | handback (available, attempt not spent)
-WITH outcome AS (
-    SELECT o.*, j.queue, j.task,
-           (CASE o.kind
-                WHEN 'succeeded' THEN 'succeeded'
-                WHEN 'failed' THEN CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'retryable' END
-                WHEN 'dead' THEN 'dead'
-                WHEN 'cancelled' THEN 'cancelled'
-                WHEN 'snoozed' THEN 'scheduled'
-                WHEN 'handback' THEN 'available'
-            END)::unbroken.job_state AS new_state
-    FROM unnest(
-        %(ids)s::bigint[], %(attempts)s::int[], %(kinds)s::text[], %(delays)s::float8[],
-        %(errors)s::jsonb[], %(results)s::jsonb[], %(runtimes)s::int[]
-    ) AS o(id, attempt, kind, delay, error, result, runtime_ms)
-    JOIN unbroken.jobs AS j ON j.id = o.id
-),
-updated AS (
+-- The worker decides each new state (it knows the attempt and max_attempts it fetched):
+-- succeeded, retryable, dead or cancelled; scheduled (snoozed) and available (handed back
+-- at shutdown) give the attempt back.
+WITH updated AS (
     UPDATE unbroken.jobs AS j
-    SET state = o.new_state,
-        attempt = CASE WHEN o.kind IN ('snoozed', 'handback') THEN j.attempt - 1 ELSE j.attempt END,
-        run_at = CASE WHEN o.kind IN ('failed', 'snoozed')
+    SET state = o.state::unbroken.job_state,
+        attempt = CASE WHEN o.state IN ('scheduled', 'available') THEN j.attempt - 1 ELSE j.attempt END,
+        run_at = CASE WHEN o.state IN ('retryable', 'scheduled')
                       THEN now() + make_interval(secs => coalesce(o.delay, 0)) ELSE j.run_at END,
         errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END,
         result = coalesce(o.result, j.result),
-        finished_at = CASE WHEN o.new_state IN ('succeeded', 'dead', 'cancelled') THEN now() END,
+        finished_at = CASE WHEN o.state IN ('succeeded', 'dead', 'cancelled') THEN now() END,
         worker_id = NULL,
         lease_expires_at = NULL
-    FROM outcome AS o
+    FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(delays)s::float8[],
+        %(errors)s::jsonb[], %(results)s::jsonb[], %(runtimes)s::int[]
+    ) AS o(id, attempt, state, delay, error, result, runtime_ms)
     WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
       AND j.worker_id = %(worker_id)s
-    RETURNING j.id, j.state, o.queue, o.task, o.runtime_ms
+    RETURNING j.id, o.state, j.queue, j.task, o.runtime_ms
 ),
 counted AS (
     INSERT INTO unbroken.stats_minutely AS s (minute, queue, task, succeeded, failed, dead, runtime_ms)
@@ -121,7 +115,7 @@ counted AS (
         dead = s.dead + excluded.dead,
         runtime_ms = s.runtime_ms + excluded.runtime_ms
 )
-SELECT id, state::text FROM updated
+SELECT id, state FROM updated
 
 -- name: lease_renew_many
 -- Extend this worker's leases in one statement and record its heartbeat; returns the leases still held and any cancel requests.
@@ -221,3 +215,11 @@ FROM unbroken.jobs WHERE id = %(id)s
 -- name: job_get_states
 -- The state of each of some jobs.
 SELECT id, state::text AS state FROM unbroken.jobs WHERE id = ANY(%(ids)s::bigint[])
+
+-- name: job_reserve_ids
+-- Take `n` job ids from the table's sequence, so a bulk enqueue can COPY rows with known ids.
+SELECT nextval(pg_get_serial_sequence('unbroken.jobs', 'id')) FROM generate_series(1, %(n)s)
+
+-- name: job_copy
+-- Bulk enqueue without unique keys: COPY is the fastest way into the table.
+COPY unbroken.jobs (id, queue, task, args, state, priority, run_at, max_attempts) FROM STDIN

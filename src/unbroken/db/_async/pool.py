@@ -111,11 +111,13 @@ class AsyncRolePool:
         async with self.connection() as conn, conn.transaction():
             yield conn
 
-    async def run(self, work: AsyncWork[T]) -> T:
+    async def run(self, work: AsyncWork[T], *, transaction: bool = True) -> T:
         """Run `work(conn)` in a transaction; retry transient failures on a fresh connection.
 
         The caller sees the result, or one final error: the permanent error itself, or
         `UnitOfWorkFailed` (chained to the last transient error) when the retries ran out.
+        `transaction=False` saves the BEGIN/COMMIT round trips for work that is a single
+        statement (atomic on its own in autocommit mode).
         """
         backoff = Backoff(
             BackoffPolicy(self.settings.retry_backoff_base, self.settings.retry_backoff_cap),
@@ -123,6 +125,9 @@ class AsyncRolePool:
         )
         while True:
             try:
+                if not transaction:
+                    async with self.connection() as conn:
+                        return await work(conn)
                 async with self.transaction() as conn:
                     return await work(conn)
             except Exception as exc:

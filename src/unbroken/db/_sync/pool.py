@@ -112,11 +112,13 @@ class RolePool:
         with self.connection() as conn, conn.transaction():
             yield conn
 
-    def run(self, work: Work[T]) -> T:
+    def run(self, work: Work[T], *, transaction: bool = True) -> T:
         """Run `work(conn)` in a transaction; retry transient failures on a fresh connection.
 
         The caller sees the result, or one final error: the permanent error itself, or
         `UnitOfWorkFailed` (chained to the last transient error) when the retries ran out.
+        `transaction=False` saves the BEGIN/COMMIT round trips for work that is a single
+        statement (atomic on its own in autocommit mode).
         """
         backoff = Backoff(
             BackoffPolicy(self.settings.retry_backoff_base, self.settings.retry_backoff_cap),
@@ -124,6 +126,9 @@ class RolePool:
         )
         while True:
             try:
+                if not transaction:
+                    with self.connection() as conn:
+                        return work(conn)
                 with self.transaction() as conn:
                     return work(conn)
             except Exception as exc:
