@@ -18,12 +18,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) ## run the main job on the embedded database
 	$(BIN)/unbroken demo $(DEMO_ARGS)
 
-test: $(STAMP) lint typecheck ## lint, type-check, unit and integration tests
+PG15 := /usr/lib/postgresql/15/bin
+
+test: $(STAMP) lint typecheck ## lint, type-check, unit and integration tests (and again on PG 15)
 	$(BIN)/pytest -q
+	@if [ -x $(PG15)/postgres ]; then \
+	  echo "== the connection layer and migrations again, on PostgreSQL 15 =="; \
+	  UNBROKEN_TEST_PG_BIN=$(PG15) $(BIN)/pytest -q tests/integration/test_pool.py \
+	    tests/integration/test_classify.py tests/integration/test_migrations.py; \
+	fi
 
 lint: $(STAMP) ## ruff check and format check
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples scripts
+	$(BIN)/ruff format --check src tests bench examples scripts
 
 typecheck: $(STAMP) ## mypy (strict) on the package
 	$(BIN)/mypy

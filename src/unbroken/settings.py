@@ -379,3 +379,15 @@ def _suggest(field: str) -> str:
     names = [n for n in Settings.model_fields if n != field]
     close = difflib.get_close_matches(field.lower(), names, n=1)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def settings_table() -> str:
+    """The README's configuration table, straight from the field definitions."""
+    lines = ["| variable | default | why |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if name == "data_dir":
+            default = "per-user data dir (`~/.local/share/unbroken/postgres`)"
+        else:
+            default = f"`{field.get_default(call_default_factory=True)}`"
+        lines.append(f"| `UNBROKEN_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(lines)

@@ -19,6 +19,37 @@ console = Console()
 
 def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
+    app.command("config")(config)
+
+
+def config(
+    markdown: bool = typer.Option(False, "--markdown", help="The README's settings table."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show every setting: its variable, current value and why its default is what it is."""
+    from unbroken.settings import Settings, settings_table
+
+    if markdown:
+        typer.echo(settings_table())
+        return
+    current = load_settings()
+    rows = [
+        {
+            "variable": f"UNBROKEN_{name.upper()}",
+            "value": str(getattr(current, name)),
+            "default": str(Settings.model_fields[name].get_default(call_default_factory=True)),
+            "why": field.description,
+        }
+        for name, field in Settings.model_fields.items()
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        value = str(row["value"])
+        if str(row["variable"]).endswith("DATABASE_URL"):
+            value = redact(value)
+        console.print(f"[bold]{row['variable']}[/bold] = {value}  [dim]{row['why']}[/dim]")
 
 
 @db_app.command()
