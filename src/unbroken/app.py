@@ -66,7 +66,7 @@ class TaskOptions:
     retry: BackoffPolicy = DEFAULT_RETRY
     timeout: float | None = None
     unique: bool | Callable[..., str] | None = None
-    permanent: tuple[type[BaseException], ...] = (Permanent,)
+    permanent: Callable[[BaseException], bool] = lambda exc: isinstance(exc, Permanent)
     chunk_size: int | None = None  # default chunk size for the chunked runner
 
 
@@ -172,6 +172,17 @@ class Task(Generic[P, R]):
         )
 
 
+def _permanent_classifier(
+    permanent: Sequence[type[BaseException]] | Callable[[BaseException], bool],
+) -> Callable[[BaseException], bool]:
+    """`Permanent` always; plus the task's exception types, or its own classifier."""
+    if isinstance(permanent, Sequence):
+        types: tuple[type[BaseException], ...] = (Permanent, *permanent)
+        return lambda exc: isinstance(exc, types)
+    user = permanent
+    return lambda exc: isinstance(exc, Permanent) or bool(user(exc))
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -208,7 +219,7 @@ class App:
         retry: BackoffPolicy | None = None,
         timeout: float | None = None,
         unique: bool | Callable[..., str] | None = None,
-        permanent: Sequence[type[BaseException]] = (),
+        permanent: Sequence[type[BaseException]] | Callable[[BaseException], bool] = (),
         chunk_size: int | None = None,
     ) -> Any:
         """Register `fn` as a task; use bare (`@app.task`) or with options."""
@@ -233,7 +244,7 @@ class App:
                 retry=retry or DEFAULT_RETRY,
                 timeout=timeout,
                 unique=unique,
-                permanent=(Permanent, *permanent),
+                permanent=_permanent_classifier(permanent),
                 chunk_size=chunk_size,
             )
             task = Task(self, f, options)

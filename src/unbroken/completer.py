@@ -12,6 +12,7 @@ bad row cannot block the rest. `drain()` writes everything left at shutdown.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -185,11 +186,17 @@ class Completer:
     async def _write_singly(self, batch: list[Outcome]) -> None:
         for outcome in batch:
             backoff = Backoff(BackoffPolicy(0.1, 5.0), max_tries=5)
+            degraded = False
             while True:
                 try:
                     written = await self._write([outcome])
                 except Exception as exc:
                     delay = backoff.failed() if is_transient(exc) else None
+                    if delay is None and not degraded:
+                        # The row refused this outcome's data (say, a result jsonb cannot
+                        # hold): record the state with a note instead of the data.
+                        outcome, degraded = _without_data(outcome, exc), True
+                        continue
                     if delay is None:
                         # Nothing more we can do; the lease runs out and the rescuer takes
                         # the job, so it is not lost, only run again.
@@ -222,3 +229,27 @@ class Completer:
                     o.attempt,
                     o.kind,
                 )
+
+
+def _without_data(outcome: Outcome, exc: BaseException) -> Outcome:
+    note = json.dumps(
+        {
+            "attempt": outcome.attempt,
+            "type": "OutcomeNotRecordable",
+            "message": f"the outcome's data could not be stored: {type(exc).__name__}: {exc}",
+            "kind": outcome.kind,
+            "traceback": None,
+        }
+    )
+    return Outcome(
+        outcome.job_id,
+        outcome.attempt,
+        outcome.state,
+        outcome.kind,
+        outcome.queue,
+        outcome.task,
+        outcome.delay,
+        note,
+        None,
+        outcome.runtime_ms,
+    )

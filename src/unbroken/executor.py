@@ -214,7 +214,7 @@ class Executor:
                 return None if ctx.lease_lost else done("handback")
             raise
         except Exception as exc:
-            if isinstance(exc, task.options.permanent):
+            if task.options.permanent(exc):
                 return done("dead", error=self._error_of(ctx, exc, "permanent"))
             return done(
                 "failed",
@@ -254,8 +254,9 @@ class Executor:
                 "at": datetime.now(UTC).isoformat(),
                 "worker": self._worker_id,
                 "type": type_,
-                "message": message[:4000],
-                "traceback": tb,
+                # jsonb cannot hold NUL characters; one in an error must not stop the write.
+                "message": message[:4000].replace("\x00", "\\0"),
+                "traceback": tb.replace("\x00", "\\0") if tb else tb,
                 "kind": kind,
             }
         )
