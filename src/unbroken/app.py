@@ -326,6 +326,54 @@ class App:
             self._adb = None
         self.close()
 
+    # --- operating on jobs -----------------------------------------------------------------
+    def get_job(self, job_id: int) -> dict[str, Any] | None:
+        """Every column of one job, or None."""
+        from psycopg.rows import dict_row
+
+        def read(conn: Connection[Any]) -> dict[str, Any] | None:
+            cur = conn.cursor(row_factory=dict_row)
+            return cur.execute(self.queries["job_get"], {"id": job_id}).fetchone()
+
+        return self.database().pool("api").run(read, transaction=False)
+
+    def cancel(self, *job_ids: int) -> dict[int, str]:
+        """Cancel waiting jobs now; ask running ones to stop. Returns {id: state} changed."""
+        return self._ids_op("job_cancel_many", job_ids)
+
+    def retry(self, *job_ids: int) -> list[int]:
+        """Put dead or cancelled jobs back in line now; returns the ids re-queued."""
+        return list(self._ids_op("job_retry_many", job_ids))
+
+    def pause_queue(self, name: str) -> None:
+        """Workers stop fetching from `name` at their next fetch; nothing is lost."""
+        self._set_paused(name, True)
+
+    def resume_queue(self, name: str) -> None:
+        self._set_paused(name, False)
+
+    def set_chunk_size(self, task: str, chunk_size: int | None) -> None:
+        """Change a task's chunk size at run time (None: back to its default)."""
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+        params = {"task": task, "chunk_size": chunk_size}
+        self.database().pool("api").run(
+            lambda c: c.execute(self.queries["task_set_chunk_size"], params), transaction=False
+        )
+
+    def _set_paused(self, name: str, paused: bool) -> None:
+        params = {"name": name, "paused": paused}
+        self.database().pool("api").run(
+            lambda c: c.execute(self.queries["queue_set_paused"], params), transaction=False
+        )
+
+    def _ids_op(self, query: str, job_ids: Sequence[int]) -> dict[int, str]:
+        def run(conn: Connection[Any]) -> dict[int, str]:
+            rows = conn.execute(self.queries[query], {"ids": list(job_ids)}).fetchall()
+            return {row[0]: (row[1] if len(row) > 1 else "available") for row in rows}
+
+        return self.database().pool("api").run(run, transaction=False)
+
     # --- workers ---------------------------------------------------------------------------
     def worker(self, **overrides: Any) -> Worker:
         """A worker for this app; `overrides` are settings (concurrency, queues, ...)."""
