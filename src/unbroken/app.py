@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from psycopg import AsyncConnection, Connection
 
@@ -208,9 +208,30 @@ class App:
         self._alock: asyncio.Lock | None = None
 
     # --- tasks -----------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int | Callable[..., int] = 0,
+        max_attempts: int = 20,
+        retry: BackoffPolicy | None = None,
+        timeout: float | None = None,
+        unique: bool | Callable[..., str] | None = None,
+        permanent: Sequence[type[BaseException]] | Callable[[BaseException], bool] = (),
+        chunk_size: int | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
     def task(
         self,
         fn: Callable[P, R] | None = None,
+        /,
         *,
         name: str | None = None,
         queue: str = "default",
