@@ -33,12 +33,20 @@ class Seeded:
 
 
 def _insert(conn: psycopg.Connection[Any], **cols: Any) -> int:
-    names = list(cols)
-    values = [json.dumps(v) if isinstance(v, dict | list) else v for v in cols.values()]
-    placeholders = ", ".join(
-        "%s::jsonb" if isinstance(cols[n], dict | list) else "%s" for n in names
+    # Test-only SQL assembly: the column names and _Sql expressions are literals of this file.
+    names, slots, values = list(cols), [], []
+    for value in cols.values():
+        if isinstance(value, _Sql):
+            slots.append(str(value))
+        elif isinstance(value, dict | list):
+            slots.append("%s::jsonb")
+            values.append(json.dumps(value))
+        else:
+            slots.append("%s")
+            values.append(value)
+    query = (
+        f"INSERT INTO unbroken.jobs ({', '.join(names)}) VALUES ({', '.join(slots)}) RETURNING id"
     )
-    query = f"INSERT INTO unbroken.jobs ({', '.join(names)}) VALUES ({placeholders}) RETURNING id"
     row = conn.execute(query.encode(), values).fetchone()
     assert row is not None
     return int(row[0])
@@ -166,7 +174,7 @@ def seed(conn: psycopg.Connection[Any]) -> Seeded:
                 state="succeeded",
                 attempt=1,
                 attempted_at=_ago(f"{10 + n} minutes"),
-                finished_at=_ago(f"{10 + n} minutes") + " + interval '" + str(n + 1) + " seconds'",
+                finished_at=_ago(f"{10 + n} minutes", plus_s=n + 1),
                 args={"user_id": 100 + n},
             )
         )
@@ -189,9 +197,9 @@ def seed(conn: psycopg.Connection[Any]) -> Seeded:
     return s
 
 
-class _Ago(str):
-    """An SQL expression for a time `text` ago; the _insert helper passes it through."""
+class _Sql(str):
+    """An SQL expression that _insert writes into the statement instead of binding it."""
 
 
-def _ago(text: str) -> Any:
-    return _Ago(f"now() - interval '{text}'")
+def _ago(text: str, plus_s: int = 0) -> _Sql:
+    return _Sql(f"now() - interval '{text}' + interval '{plus_s} seconds'")

@@ -22,6 +22,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from psycopg import Connection
 from psycopg.rows import dict_row
 
@@ -229,27 +230,54 @@ class AttemptError:
 
 @dataclass(frozen=True)
 class ProgressView:
-    """A job's progress as written by the chunk runner; every key is optional."""
+    """A job's progress as its task wrote it; every key is optional.
+
+    Reads the chunk runner's keys (position, processed, failed, total, rate, eta_seconds,
+    checkpoint_at, chunks, done, errors; see unbroken.progress) and the short forms a
+    task may write itself (eta_s). Unknown keys are kept in `extra` and shown as they are.
+    """
 
     total: float | None
     processed: float | None
     failed: float | None
-    rate: float | None  # rows per second
+    rate: float | None  # items per second
     eta_s: float | None
     checkpoint_at: str | None
     checkpoint_age_s: float | None
-    fraction: float | None  # processed / total, 0..1, when both are known
+    fraction: float | None  # consumed / total, 0..1, when both are known
+    done: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    KNOWN = frozenset(
+        {
+            "total",
+            "processed",
+            "failed",
+            "rate",
+            "eta_s",
+            "eta_seconds",
+            "checkpoint_at",
+            "position",
+            "done",
+        }
+    )
 
     @classmethod
     def from_json(cls, progress: Any, now: datetime | None = None) -> ProgressView | None:
         if not isinstance(progress, dict):
             return None
-        known = {"total", "processed", "failed", "rate", "eta_s", "checkpoint_at"}
         total, processed = _num(progress.get("total")), _num(progress.get("processed"))
+        failed = _num(progress.get("failed"))
+        # position counts failed items too: it is how far through the source the job is.
+        consumed = _num(progress.get("position"))
+        if consumed is None and processed is not None:
+            consumed = processed + (failed or 0)
         fraction = None
-        if total and processed is not None and total > 0:
-            fraction = max(0.0, min(1.0, processed / total))
+        if total and consumed is not None and total > 0:
+            fraction = max(0.0, min(1.0, consumed / total))
+        done = progress.get("done") is True
+        if done:
+            fraction = 1.0
         checkpoint_at = _str_or_none(progress.get("checkpoint_at"))
         age = None
         if checkpoint_at and now is not None:
@@ -257,16 +285,18 @@ class ProgressView:
                 age = max(0.0, (now - datetime.fromisoformat(checkpoint_at)).total_seconds())
             except (ValueError, TypeError):
                 age = None
+        eta = _num(progress.get("eta_s"))
         return cls(
             total=total,
             processed=processed,
-            failed=_num(progress.get("failed")),
+            failed=failed,
             rate=_num(progress.get("rate")),
-            eta_s=_num(progress.get("eta_s")),
+            eta_s=eta if eta is not None else _num(progress.get("eta_seconds")),
             checkpoint_at=checkpoint_at,
             checkpoint_age_s=age,
             fraction=fraction,
-            extra={k: v for k, v in progress.items() if k not in known},
+            done=done,
+            extra={k: v for k, v in progress.items() if k not in cls.KNOWN},
         )
 
 
@@ -671,6 +701,13 @@ class OperatorStore:
 
     def connection_list(self) -> list[ConnectionGroup]:
         return [ConnectionGroup(**row) for row in self._rows("connection_list")]
+
+    def schema_version(self) -> int | None:
+        """The newest applied migration, or None when the schema is not there at all."""
+        try:
+            return self._one("schema_version").get("version")
+        except psycopg.errors.UndefinedTable:
+            return None
 
     def health_inputs(
         self,

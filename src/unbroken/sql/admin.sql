@@ -87,7 +87,8 @@ SELECT coalesce(c.queue, q.name) AS name,
        coalesce(c.retryable, 0) AS retryable,
        coalesce(c.running, 0) AS running,
        coalesce(c.dead, 0) AS dead,
-       greatest(c.oldest_wait_s, 0) AS oldest_wait_s
+       CASE WHEN c.oldest_wait_s IS NOT NULL THEN greatest(c.oldest_wait_s, 0) END
+           AS oldest_wait_s
 FROM counts AS c
 FULL JOIN unbroken.queues AS q ON q.name = c.queue
 ORDER BY 1
@@ -287,3 +288,7 @@ SELECT
     (SELECT count(*) FROM unbroken.workers
      WHERE heartbeat_at < now() - make_interval(secs => %(silent_after)s::float8))
         AS silent_workers
+
+-- name: schema_version
+-- The newest migration applied (errors when the schema is missing: then nothing else works either).
+SELECT max(version) AS version FROM unbroken.migrations
