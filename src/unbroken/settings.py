@@ -230,6 +230,14 @@ class Settings(BaseSettings):
         "belongs in a table.",
     )
 
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port for a worker's Prometheus /metrics on 127.0.0.1 (0: off, and no "
+        "telemetry cost per job).",
+    )
+
     # --- PgBouncer ---------------------------------------------------------------------------
     pgbouncer: Literal["off", "session", "transaction"] = Field(
         "off",

@@ -99,6 +99,7 @@ class Worker:
         elector = Elector(pool, queries, self.worker_id, term_seconds=max(3.0, s.lease_seconds))
         maintenance = self.maintenance = Maintenance(pool, queries, s)
         await keeper.register()
+        self._observe(adb)
 
         background = [
             asyncio.create_task(completer.run(), name="completer"),
@@ -170,6 +171,20 @@ class Worker:
                 await conn.execute(self.app.queries["worker_deregister"], {"id": self.worker_id})
         except Exception as exc:
             logger.warning("could not deregister cleanly (%s); the leader forgets us later", exc)
+
+    def _observe(self, adb: AsyncDatabase) -> None:
+        """Metrics and error reporting subscribe to telemetry only when asked for, so a
+        worker without them pays nothing per job."""
+        from unbroken import integrations
+
+        enabled = integrations.install()
+        if self.settings.metrics_port:
+            from unbroken import metrics
+
+            metrics.install(port=self.settings.metrics_port, pools=adb.stats)
+            enabled.append(f"metrics on 127.0.0.1:{self.settings.metrics_port}/metrics")
+        if enabled:
+            logger.info("observability: %s", ", ".join(enabled))
 
     async def _burst_watch(self, producer: Producer) -> None:
         assert self.executor is not None
