@@ -1,0 +1,1 @@
+"""Benchmarks for unbroken (`make bench`): figures, not pass/fail. See docs/benchmarks.md."""
