@@ -1,9 +1,12 @@
 """unbroken: a PostgreSQL-backed job and pipeline runtime that survives its database."""
 
 from unbroken.app import App, JobSpec, Task
+from unbroken.chunks import AsyncChunk, BadRecords, Chunk, Page, run_chunks, run_chunks_sync
 from unbroken.context import JobContext, current_job
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.errors import (
+    BadRecordsExceeded,
+    CommitsLost,
     ConfigError,
     DatabaseUnavailable,
     EnqueueError,
@@ -14,6 +17,7 @@ from unbroken.errors import (
     UnbrokenError,
     UnitOfWorkFailed,
 )
+from unbroken.progress import Progress, read_progress
 from unbroken.settings import Settings, load_settings
 from unbroken.worker import Worker
 
@@ -23,7 +27,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AsyncChunk",
     "BackoffPolicy",
+    "BadRecords",
+    "BadRecordsExceeded",
+    "Chunk",
+    "CommitsLost",
     "ConfigError",
     "DatabaseUnavailable",
     "EnqueueError",
@@ -31,7 +40,9 @@ __all__ = [
     "JobContext",
     "JobSpec",
     "LeaseLost",
+    "Page",
     "Permanent",
+    "Progress",
     "Retry",
     "Settings",
     "Snooze",
@@ -42,4 +53,7 @@ __all__ = [
     "__version__",
     "current_job",
     "load_settings",
+    "read_progress",
+    "run_chunks",
+    "run_chunks_sync",
 ]

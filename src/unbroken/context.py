@@ -40,6 +40,7 @@ class JobContext:
     db: Database | None = None  # the worker's sync pools (sync tasks)
     cancel_requested: bool = False  # set by the heartbeat when someone asks the job to stop
     lease_lost: bool = False  # set by the heartbeat when the job was rescued elsewhere
+    task_chunk_size: int | None = None  # the chunk size the task was declared with
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:

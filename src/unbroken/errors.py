@@ -19,6 +19,7 @@ from UnbrokenError: they are signals to the executor, not failures of the runtim
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 
 class UnbrokenError(Exception):
@@ -86,3 +87,21 @@ class Snooze(Exception):  # reads as `raise Snooze(30)` in task code
             raise ValueError(f"Snooze delay must be >= 0 seconds, got {seconds}")
         super().__init__(f"snoozed for {seconds:g} s")
         self.seconds = seconds
+
+
+class CommitsLost(UnbrokenError):
+    """The database no longer has chunk commits it acknowledged (a crash while chunks commit
+    without waiting for their flush, or a failover to a replica that lagged). Each vanished
+    with its checkpoint, so redoing them from the surviving checkpoint is exact. Raised only
+    when the source cannot be read again: an iterator that is not a function of the
+    checkpoint, nor a collection. The next attempt resumes."""
+
+
+class BadRecordsExceeded(UnbrokenError, Permanent):
+    """More items failed validation than allowed. Permanent: a retry would read the same."""
+
+    def __init__(self, message: str, failed: int, seen: int, errors: list[dict[str, Any]]):
+        super().__init__(message)
+        self.failed = failed
+        self.seen = seen
+        self.errors = errors

@@ -9,18 +9,25 @@ interrupted from outside its thread: the executor stops waiting, frees the slot 
 records the timeout, and sets `cancel_requested` on the job's context so code that calls
 `current_job().check()` stops; until it does, the thread (and whatever it holds: a socket,
 a lock, a connection of its own) stays busy. The thread pool has spare threads for this.
+Its threads are daemons: a stuck one never keeps the worker process from exiting, and it
+ends with the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import functools
 import json
 import logging
+import queue
+import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor as ConcurrentExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -45,6 +52,14 @@ _STATE_OF_KIND = {
     "handback": "available",  # shutdown: someone else runs it now; the attempt is given back
 }
 TRACEBACK_LIMIT = 16_000  # characters of traceback kept per attempt
+
+
+class AttemptTimeout(Exception):
+    """The attempt ran past its task's `timeout` (raised by the executor, not by tasks)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"attempt exceeded its timeout of {seconds:g} s")
+        self.seconds = seconds
 
 
 @dataclass
@@ -73,10 +88,9 @@ class Executor:
         self.concurrency = settings.concurrency
         self.running: dict[int, Running] = {}
         self._slot_freed = asyncio.Event()
+        self._fetching_stopped = False
         # Spare threads so a few stuck sync attempts (timed out) do not eat the capacity.
-        self._threads = ThreadPoolExecutor(
-            max_workers=settings.concurrency + 4, thread_name_prefix="unbroken-job"
-        )
+        self._threads = DaemonThreads(settings.concurrency + 4, "unbroken-job")
         self.shutting_down = False
 
     # --- slots -------------------------------------------------------------------------------
@@ -84,20 +98,25 @@ class Executor:
         return self.concurrency - len(self.running)
 
     async def wait_for_slots(self, wanted: int, timeout: float | None) -> None:
-        """Return when `wanted` slots are free, or after `timeout` seconds with at least one."""
+        """Return when `wanted` slots are free, or after `timeout` seconds with at least one;
+        at once after `stop_fetching()`."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.free_slots() < wanted:
+        while self.free_slots() < wanted and not self._fetching_stopped:
             self._slot_freed.clear()
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 and self.free_slots() > 0:
-                    return
-                try:
-                    await asyncio.wait_for(self._slot_freed.wait(), max(remaining, 0.001))
-                except TimeoutError:
-                    continue
-            else:
+            if deadline is None or self.free_slots() == 0:
+                # Nothing free: sleep until a slot is (no polling while every slot is busy).
                 await self._slot_freed.wait()
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), remaining)
+
+    def stop_fetching(self) -> None:
+        """Shutdown: release the producer if it is waiting for a slot to free up."""
+        self._fetching_stopped = True
+        self._slot_freed.set()
 
     def held(self) -> list[tuple[int, int]]:
         """(job id, attempt) of every job running here."""
@@ -125,6 +144,9 @@ class Executor:
             adb=self._adb,
             db=self._db,
         )
+        declared = self._app.tasks.get(task_name)
+        if declared is not None:
+            ctx.task_chunk_size = declared.options.chunk_size
         if telemetry.active():
             telemetry.emit(
                 "job.started",
@@ -200,13 +222,12 @@ class Executor:
         except LeaseLost:
             logger.info("job %d attempt %d stopped: lease lost", ctx.job_id, ctx.attempt)
             return None  # any write would be fenced: the job belongs to someone else now
-        except TimeoutError as exc:
+        except AttemptTimeout as exc:
             ctx.cancel_requested = True  # a sync thread may still be running: ask it to stop
-            message = f"attempt exceeded its timeout of {task.options.timeout:g} s"
             return done(
                 "timeout",
                 delay=task.options.retry.delay(ctx.attempt),
-                error=self._error(ctx, "Timeout", message, _tb(exc), "timeout"),
+                error=self._error(ctx, "Timeout", str(exc), _tb(exc), "timeout"),
             )
         except asyncio.CancelledError:
             if self.shutting_down or ctx.lease_lost:
@@ -230,11 +251,19 @@ class Executor:
         args = payload.get("args", [])
         kwargs = payload.get("kwargs", {})
         timeout = task.options.timeout
+        # A TimeoutError the task raises itself (a socket, an HTTP client) is an ordinary
+        # failure; only the attempt's own timeout running out becomes AttemptTimeout.
         if task.is_async:
             if timeout is None:
                 return await task.fn(*args, **kwargs)
-            async with asyncio.timeout(timeout):
-                return await task.fn(*args, **kwargs)
+            limit = asyncio.timeout(timeout)
+            try:
+                async with limit:
+                    return await task.fn(*args, **kwargs)
+            except TimeoutError as exc:
+                if limit.expired():
+                    raise AttemptTimeout(timeout) from exc
+                raise
         call: Callable[[], Any] = lambda: task.fn(*args, **kwargs)  # noqa: E731
         # The copied context carries current_job() into the thread.
         future = asyncio.get_running_loop().run_in_executor(
@@ -242,7 +271,12 @@ class Executor:
         )
         if timeout is None:
             return await future
-        return await asyncio.wait_for(future, timeout)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            if future.cancelled():  # wait_for gave up on it (the thread may still run)
+                raise AttemptTimeout(timeout) from exc
+            raise
 
     def _error_of(self, ctx: JobContext, exc: BaseException, kind: str) -> str:
         return self._error(ctx, type(exc).__qualname__, str(exc), _tb(exc), kind)
@@ -303,6 +337,73 @@ class Executor:
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+_Work = tuple[Future[Any], Callable[[], Any]]
+
+
+class DaemonThreads(ConcurrentExecutor):
+    """The threads sync tasks run in: started on demand, up to `max_workers`, and daemons.
+
+    concurrent.futures.ThreadPoolExecutor joins its threads when the interpreter exits, so
+    one sync attempt still running after its timeout, or after the shutdown grace (when
+    its job has already been handed back), would keep the worker process alive until the
+    task returned by itself. A daemon thread ends with the process instead; whatever it
+    held (a transaction on its own connection, a socket) is released by the server and
+    the kernel.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max = max_workers
+        self._name = name
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot run new work after shutdown")
+            future: Future[Any] = Future()
+            self._work.put((future, functools.partial(fn, *args, **kwargs)))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+            return future
+
+    def _serve(self) -> None:
+        while (work := self._work.get()) is not None:
+            future, call = work
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = call()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del work, future, call  # drop references before waiting for more
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            while cancel_futures:
+                try:
+                    work = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if work is not None:
+                    work[0].cancel()
+            for _ in self._threads:
+                self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 def _tb(exc: BaseException) -> str:
