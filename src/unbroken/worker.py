@@ -151,6 +151,7 @@ class Worker:
     ) -> None:
         producer.stopping = True
         producer.wake.set()
+        executor.stop_fetching()  # the producer may be waiting for a slot to free up
         await asyncio.wait([producing], timeout=self.settings.deadline())
         if executor.running:
             logger.info(

@@ -24,9 +24,18 @@ def redact(text: str) -> str:
     return _PASSWORD_IN_KV.sub(r"\1***", text)
 
 
+# Pools whose connections run the user's own statements keep the server's own settings.
+USER_ROLES = frozenset({"chunks"})
+
+
 def connection_kwargs(settings: Settings, *, role: str) -> dict[str, Any]:
     """Keyword arguments for psycopg.connect() beyond the conninfo itself."""
     options = []
+    if role not in USER_ROLES:
+        # Fencing trusts that an acknowledged fetch or outcome survives a crash: with
+        # synchronous_commit off the server could forget a claim it confirmed and hand
+        # the same attempt out twice. Our batches commit rarely, so waiting costs little.
+        options.append("-c synchronous_commit=on")
     if settings.statement_timeout:
         options.append(f"-c statement_timeout={int(settings.statement_timeout * 1000)}")
     if settings.idle_in_transaction_timeout:
