@@ -8,8 +8,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from chunks_support import arun, async_env
 
+from chunks_support import arun, async_env
 from pg import Faults
 from unbroken.chunks import AsyncChunk, BadRecords, BadRecordsExceeded, Page, run_chunks
 from unbroken.context import current_job

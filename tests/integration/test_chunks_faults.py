@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
-from chunks_support import CommitCutter, arun, async_env, sync_env
 
+from chunks_support import CommitCutter, arun, async_env, sync_env
 from pg import Faults
 from unbroken import telemetry
 from unbroken.chunks import AsyncChunk, Chunk, CommitsLost, run_chunks, run_chunks_sync

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from chunks_support import arun, async_env, sync_env
 
+from chunks_support import arun, async_env, sync_env
 from unbroken.chunks import AsyncChunk, Chunk, run_chunks, run_chunks_sync
 
 

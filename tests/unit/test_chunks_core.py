@@ -297,9 +297,7 @@ def test_chunk_size_most_specific_wins_and_is_reread_at_each_commit() -> None:
         [0, 1, 2, 3],
         [4, 5],
     ]
-    passed: ChunkRun[Any] = ChunkRun(
-        job(task_chunk_size=4), seekable=False, chunk_size=5
-    )
+    passed: ChunkRun[Any] = ChunkRun(job(task_chunk_size=4), seekable=False, chunk_size=5)
     assert len(drive(passed, range(6), FakeJob()).chunks[0]) == 5
     assert len(drive(ChunkRun(job(), seekable=False), range(1500), FakeJob()).chunks[0]) == 1000
 
