@@ -31,7 +31,7 @@ ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed before other tests: it holds an event loop
 def browser() -> Iterator[Browser]:
     # Debian's chromium, not a Playwright download (which this network cannot reach).
     subprocess.run(["bash", str(ROOT / "scripts/ensure_chromium.sh")], check=True, timeout=900)
