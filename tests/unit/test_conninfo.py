@@ -29,3 +29,13 @@ def test_pgbouncer_transaction_mode_disables_prepared_statements() -> None:
     kwargs = connection_kwargs(load_settings(pgbouncer="transaction"), role="w")
     assert kwargs["prepare_threshold"] is None
     assert not load_settings(pgbouncer="transaction").uses_listen()
+
+
+def test_chunk_sessions_idle_in_a_transaction_end_with_the_lease() -> None:
+    settings = load_settings(lease_seconds=5, idle_in_transaction_timeout=60)
+    chunks = connection_kwargs(settings, role="chunks")["options"]
+    worker = connection_kwargs(settings, role="worker")["options"]
+    assert "idle_in_transaction_session_timeout=5000" in chunks
+    assert "idle_in_transaction_session_timeout=60000" in worker
+    assert "synchronous_commit=on" in worker
+    assert "synchronous_commit" not in chunks  # the user's data keeps the server's setting

@@ -38,8 +38,14 @@ def connection_kwargs(settings: Settings, *, role: str) -> dict[str, Any]:
         options.append("-c synchronous_commit=on")
     if settings.statement_timeout:
         options.append(f"-c statement_timeout={int(settings.statement_timeout * 1000)}")
-    if settings.idle_in_transaction_timeout:
-        ms = int(settings.idle_in_transaction_timeout * 1000)
+    idle_limit = settings.idle_in_transaction_timeout
+    if role in USER_ROLES and idle_limit:
+        # A chunk's transaction never waits on its source; idle past the lease means its
+        # worker is paused or gone, and its commit would be fenced anyway. Ending the
+        # session then frees the rows it locked for the worker that took the job over.
+        idle_limit = min(idle_limit, settings.lease_seconds)
+    if idle_limit:
+        ms = int(idle_limit * 1000)
         options.append(f"-c idle_in_transaction_session_timeout={ms}")
     kwargs: dict[str, Any] = {
         "connect_timeout": settings.connect_timeout,
