@@ -241,7 +241,7 @@ SELECT id, state::text AS state FROM unbroken.jobs WHERE id = ANY(%(ids)s::bigin
 
 -- name: job_reserve_ids
 -- Take `n` job ids from the table's sequence, so a bulk enqueue can COPY rows with known ids.
-SELECT nextval(pg_get_serial_sequence('unbroken.jobs', 'id')) FROM generate_series(1, %(n)s)
+SELECT nextval('unbroken.jobs_id_seq'::regclass) FROM generate_series(1, %(n)s)
 
 -- name: job_copy
 -- Bulk enqueue without unique keys: COPY is the fastest way into the table.
