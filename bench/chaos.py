@@ -110,6 +110,7 @@ def main() -> int:
     args = parser.parse_args()
     # The driver's own pool reconnects through every restart; its log lines are noise here.
     logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     random.seed(seed)
     root = Path(tempfile.mkdtemp(prefix="unbroken-soak-"))
