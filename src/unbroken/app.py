@@ -205,6 +205,7 @@ class App:
         self._db: Database | None = None
         self._adb: AsyncDatabase | None = None
         self._lock = threading.Lock()
+        self._db_lock = threading.Lock()
         self._alock: asyncio.Lock | None = None
 
     # --- tasks -----------------------------------------------------------------------------
@@ -314,11 +315,13 @@ class App:
         """The sync pools (opened, schema migrated, on first use)."""
         if self._db is None:
             target = self.target()
-            db = Database(target.conninfo, self.settings)
-            db.pool("api", min_size=0)
-            db.open()
-            self.migrate()
-            self._db = db
+            with self._db_lock:  # two threads' first enqueue must not open two pools
+                if self._db is None:
+                    db = Database(target.conninfo, self.settings)
+                    db.pool("api", min_size=0)
+                    db.open()
+                    self.migrate()
+                    self._db = db
         return self._db
 
     async def adatabase(self) -> AsyncDatabase:
