@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from apps.harness import FAST_SETTINGS, Probe
 from pg import Faults, SessionPostgres
+from unbroken import App
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
@@ -44,3 +46,20 @@ def faults(pg_server: SessionPostgres) -> Iterator[Faults]:
     handle = Faults(pg_server)
     yield handle
     handle.finish()
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[App]:
+    """An App on the test's database, migrated, with FAST_SETTINGS."""
+    app = App(database_url=database_url, **FAST_SETTINGS)
+    app.migrate()
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def probe(database_url: str) -> Iterator[Probe]:
+    """A connection to read the test's database from the outside."""
+    probe = Probe(database_url)
+    yield probe
+    probe.close()

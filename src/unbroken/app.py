@@ -27,20 +27,13 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 from psycopg import AsyncConnection, Connection
 
 from unbroken import migrations
+from unbroken.db._async import inserts as ainserts
 from unbroken.db._async.pool import AsyncDatabase
+from unbroken.db._sync.inserts import insert_many, insert_one
 from unbroken.db._sync.pool import Database
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.db.target import Target, resolve_target
-from unbroken.enqueue import (
-    EnqueueOptions,
-    JobRow,
-    ainsert_many,
-    ainsert_one,
-    argument_checker,
-    insert_many,
-    insert_one,
-    make_row,
-)
+from unbroken.enqueue import EnqueueOptions, JobRow, argument_checker, make_row
 from unbroken.errors import ConfigError, EnqueueError, Permanent
 from unbroken.settings import Settings, load_settings
 from unbroken.sql import Queries, queries
@@ -147,11 +140,11 @@ class Task(Generic[P, R]):
         if self._conn is not None:
             if not isinstance(self._conn, AsyncConnection):
                 raise EnqueueError(f"task {self.name}: use enqueue() with a sync connection")
-            return await ainsert_one(self._conn, self.app.queries, row)
+            return await ainserts.insert_one(self._conn, self.app.queries, row)
         adb = await self.app.adatabase()
 
         async def insert(conn: AsyncConnection[Any]) -> int:
-            return await ainsert_one(conn, self.app.queries, row)
+            return await ainserts.insert_one(conn, self.app.queries, row)
 
         return await adb.pool("api").run(insert, transaction=False)
 
@@ -290,11 +283,11 @@ class App:
     ) -> list[int]:
         rows = [j.row for j in jobs]
         if conn is not None:
-            return await ainsert_many(conn, self.queries, rows)
+            return await ainserts.insert_many(conn, self.queries, rows)
         adb = await self.adatabase()
 
         async def insert(c: AsyncConnection[Any]) -> list[int]:
-            return await ainsert_many(c, self.queries, rows)
+            return await ainserts.insert_many(c, self.queries, rows)
 
         return await adb.pool("api").run(insert)
 

@@ -13,14 +13,12 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from psycopg import AsyncConnection, Connection
 from psycopg.types.json import Jsonb
 
 from unbroken.errors import EnqueueError
-from unbroken.sql import Queries
 
 _UNSAFE_NAME = re.compile(r"[\t\n\r\\]")
 
@@ -172,28 +170,6 @@ def make_row(
     return JobRow(q, task, payload, prio, run_at, attempts, key)
 
 
-def insert_one(conn: Connection[Any], queries: Queries, row: JobRow) -> int:
-    cur = conn.execute(queries["job_insert"], row.params())
-    found = cur.fetchone()
-    if found is None:
-        # A concurrent enqueue of the same unique key committed after our snapshot:
-        # a second statement sees it.
-        found = conn.execute(queries["job_insert"], row.params()).fetchone()
-    if found is None:
-        raise EnqueueError(f"task {row.task}: unique key {row.unique_key!r} is contended")
-    return int(found[0])
-
-
-async def ainsert_one(conn: AsyncConnection[Any], queries: Queries, row: JobRow) -> int:
-    cur = await conn.execute(queries["job_insert"], row.params())
-    found = await cur.fetchone()
-    if found is None:
-        found = await (await conn.execute(queries["job_insert"], row.params())).fetchone()
-    if found is None:
-        raise EnqueueError(f"task {row.task}: unique key {row.unique_key!r} is contended")
-    return int(found[0])
-
-
 def many_params(rows: Sequence[JobRow]) -> dict[str, Any]:
     """Column arrays for job_insert_many: one statement for the whole batch."""
     return {
@@ -205,34 +181,6 @@ def many_params(rows: Sequence[JobRow]) -> dict[str, Any]:
         "max_attempts": [r.max_attempts for r in rows],
         "unique_keys": [r.unique_key for r in rows],
     }
-
-
-def insert_many(conn: Connection[Any], queries: Queries, rows: Sequence[JobRow]) -> list[int]:
-    if not rows:
-        return []
-    if any(r.unique_key is not None for r in rows):
-        # Unique keys need ON CONFLICT, which COPY cannot do: one multi-row statement.
-        cur = conn.execute(queries["job_insert_many"], many_params(rows), prepare=False)
-        return [r[0] for r in cur.fetchall()]
-    ids = [r[0] for r in conn.execute(queries["job_reserve_ids"], {"n": len(rows)}).fetchall()]
-    with conn.cursor().copy(queries["job_copy"]) as copy:
-        copy.write(copy_text(ids, rows, datetime.now(UTC)))
-    return ids
-
-
-async def ainsert_many(
-    conn: AsyncConnection[Any], queries: Queries, rows: Sequence[JobRow]
-) -> list[int]:
-    if not rows:
-        return []
-    if any(r.unique_key is not None for r in rows):
-        cur = await conn.execute(queries["job_insert_many"], many_params(rows), prepare=False)
-        return [r[0] for r in await cur.fetchall()]
-    cur = await conn.execute(queries["job_reserve_ids"], {"n": len(rows)})
-    ids = [r[0] for r in await cur.fetchall()]
-    async with conn.cursor().copy(queries["job_copy"]) as copy:
-        await copy.write(copy_text(ids, rows, datetime.now(UTC)))
-    return ids
 
 
 def copy_text(ids: Sequence[int], rows: Sequence[JobRow], now: datetime) -> str:

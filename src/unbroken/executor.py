@@ -306,7 +306,7 @@ class Executor:
             job_id,
             running.ctx.attempt,
         )
-        if self._app.tasks.get(running.ctx.task, None) is not None and self._is_async(running):
+        if self._is_async(running):
             running.task.cancel()
 
     def mark_cancel_requested(self, job_id: int) -> None:

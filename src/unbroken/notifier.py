@@ -53,7 +53,7 @@ class Notifier:
             try:
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-                    backoff.tries = 0
+                    backoff.reset()
                     self.connected.set()
                     self._on_wake()  # anything sent while we were away was missed
                     await self._listen(conn)

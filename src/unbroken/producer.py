@@ -74,7 +74,7 @@ class Producer:
                 await asyncio.sleep(delay)
                 backlog = True
                 continue
-            errors.tries = 0
+            errors.reset()
             self.fetches += 1
             for row in rows:
                 self._executor.start(row)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from unbroken.completer import Completer
-from unbroken.db._async.pool import AsyncDatabase
+from unbroken.db._async.pool import AsyncDatabase, AsyncRolePool
 from unbroken.db._sync.pool import Database
 from unbroken.elector import Elector
 from unbroken.errors import ConfigError
@@ -128,7 +128,9 @@ class Worker:
         try:
             await self._stop.wait()
         finally:
-            await self._shutdown(producer, producing, executor, completer, elector, background)
+            await self._shutdown(
+                pool, producer, producing, executor, completer, elector, background
+            )
             await adb.close()
             await asyncio.to_thread(db.close)
             executor.close()
@@ -142,6 +144,7 @@ class Worker:
 
     async def _shutdown(
         self,
+        pool: AsyncRolePool,
         producer: Producer,
         producing: asyncio.Task[None],
         executor: Executor,
@@ -168,7 +171,7 @@ class Worker:
         await asyncio.gather(*background, producing, return_exceptions=True)
         try:
             await elector.resign()
-            async with self.adb.pool("worker").connection() as conn:  # type: ignore[union-attr]
+            async with pool.connection() as conn:
                 await conn.execute(self.app.queries["worker_deregister"], {"id": self.worker_id})
         except Exception as exc:
             logger.warning("could not deregister cleanly (%s); the leader forgets us later", exc)

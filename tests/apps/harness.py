@@ -8,7 +8,6 @@ that makes it pass.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -30,6 +29,18 @@ from unbroken.sql import queries
 
 REPO = Path(__file__).resolve().parents[2]
 APP_REF = "tests.apps.fault_app:app"
+
+# Short leases and intervals, so rescues, retries and shutdowns happen within seconds.
+FAST_SETTINGS: dict[str, Any] = {
+    "lease_seconds": 3.0,
+    "rescue_interval": 1.0,
+    "promote_interval": 0.1,
+    "poll_interval": 0.2,
+    "heartbeat_interval": 0.3,
+    "shutdown_timeout": 2.0,
+    "concurrency": 4,
+    "max_payload_bytes": 1000,
+}
 T = TypeVar("T")
 SQLText = str | bytes | sql.SQL | sql.Composed
 
@@ -143,18 +154,6 @@ def running_worker(app: App, **overrides: Any) -> Iterator[Worker]:
 
 
 # --- workers in their own processes ------------------------------------------------------------
-def worker_command(app_ref: str = APP_REF) -> list[str]:
-    """`python -m unbroken.cli worker` when the CLI has it, else tests/apps/run_worker.py.
-
-    UNBROKEN_TEST_WORKER_RUNNER=script|cli chooses explicitly.
-    """
-    runner = os.environ.get("UNBROKEN_TEST_WORKER_RUNNER", "auto")
-    has_cli = importlib.util.find_spec("unbroken.cli.worker") is not None
-    if runner == "cli" or (runner == "auto" and has_cli):
-        return [sys.executable, "-m", "unbroken.cli", "worker", "--app", app_ref]
-    return [sys.executable, str(REPO / "tests" / "apps" / "run_worker.py"), app_ref]
-
-
 class WorkerProcess:
     """A real worker process with settings from UNBROKEN_* variables, logging to a file.
 
@@ -162,8 +161,11 @@ class WorkerProcess:
     reaped, so a recycled pid is never hit.
     """
 
-    def __init__(self, url: str, log_dir: Path, name: str, **settings: Any) -> None:
+    def __init__(
+        self, url: str, log_dir: Path, name: str, app_ref: str = APP_REF, **settings: Any
+    ) -> None:
         self.name = name
+        self.worker_id = ""
         self.log_path = log_dir / f"{name}.log"
         env = {
             k: v
@@ -182,7 +184,7 @@ class WorkerProcess:
         env.update({f"UNBROKEN_{k.upper()}": str(v) for k, v in settings.items()})
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            worker_command(),
+            [sys.executable, "-m", "unbroken", "worker", "--app", app_ref],
             cwd=REPO,
             env=env,
             stdout=self._log,
@@ -205,7 +207,15 @@ class WorkerProcess:
             found = probe.value("SELECT id FROM unbroken.workers WHERE pid = %s", [self.pid])
             return None if found is None else str(found)
 
-        return str(wait_until(registered, timeout=timeout, what=f"worker {self.name} to start"))
+        self.worker_id = str(
+            wait_until(registered, timeout=timeout, what=f"worker {self.name} to start")
+        )
+        return self.worker_id
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then the exit code (a clean shutdown is 0)."""
+        self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
 
     def wait_exit(self, timeout: float) -> int:
         try:
@@ -232,12 +242,14 @@ class WorkerProcess:
 
 
 @contextlib.contextmanager
-def worker_processes(url: str, log_dir: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def worker_processes(
+    url: str, log_dir: Path, app_ref: str = APP_REF, **defaults: Any
+) -> Iterator[Callable[..., WorkerProcess]]:
     """A factory of WorkerProcess; every one started is killed at the end of the block."""
     started: list[WorkerProcess] = []
 
     def start(name: str, **settings: Any) -> WorkerProcess:
-        proc = WorkerProcess(url, log_dir, name, **settings)
+        proc = WorkerProcess(url, log_dir, name, app_ref, **{**defaults, **settings})
         started.append(proc)
         return proc
 

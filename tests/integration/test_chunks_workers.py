@@ -28,7 +28,7 @@ import pytest
 from psycopg import sql
 
 from apps.chunk_app import SETUP_SQL, TASK, TASK_SYNC
-from apps.harness import Probe, insert_jobs, wait_until
+from apps.harness import Probe, WorkerProcess, insert_jobs, wait_until, worker_processes
 from pg import Faults
 from unbroken import migrations
 
@@ -48,85 +48,7 @@ TAKEOVER = 25.0
 FINAL = ("succeeded", "dead", "cancelled")
 
 
-class ChunkWorker:
-    """A worker process for chunk_app, logging to a file. Signals go through the Popen
-    handle, which refuses to signal a process it has reaped (no recycled pid is hit)."""
-
-    def __init__(self, url: str, log_dir: Path, name: str, **settings: Any) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("UNBROKEN_", "PG")) and k != "DATABASE_URL"
-        }
-        env.update(
-            {
-                "UNBROKEN_DATABASE_URL": url,
-                "UNBROKEN_LOG_LEVEL": "INFO",
-                "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")]),
-                "PYTHONUNBUFFERED": "1",
-                "COLUMNS": "400",  # the CLI's rich log handler wraps at the terminal width
-            }
-        )
-        env.update(
-            {f"UNBROKEN_{k.upper()}": str(v) for k, v in {**WORKER_SETTINGS, **settings}.items()}
-        )
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "unbroken", "worker", "--app", APP_REF],
-            cwd=REPO,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.pid = self.proc.pid
-        self.worker_id = ""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.alive(), f"worker {self.name} already exited:\n{self.log()[-3000:]}"
-        self.proc.send_signal(sig)
-
-    def wait_registered(self, probe: Probe, timeout: float = 30) -> str:
-        def registered() -> str | None:
-            assert self.alive(), f"worker {self.name} exited early:\n{self.log()[-3000:]}"
-            found = probe.value("SELECT id FROM unbroken.workers WHERE pid = %s", [self.pid])
-            return None if found is None else str(found)
-
-        self.worker_id = str(wait_until(registered, timeout=timeout, what=f"{self.name} up"))
-        return self.worker_id
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, then the exit code (a clean shutdown is 0)."""
-        self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"worker {self.name} still running {timeout:g} s after SIGTERM:\n"
-                f"{self.log()[-3000:]}"
-            ) from None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_flat(self) -> str:
-        """The log with whitespace runs as one space (the rich handler wraps lines)."""
-        return re.sub(r"\s+", " ", self.log())
-
-    def close(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGCONT)  # a stopped process too
-                self.proc.kill()
-            self.proc.wait(30)
-        self._log.close()
-
-
-StartWorker = Callable[..., ChunkWorker]
+StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
@@ -141,19 +63,9 @@ def probe(database_url: str) -> Iterator[Probe]:
 
 @pytest.fixture
 def workers(database_url: str, tmp_path: Path) -> Iterator[StartWorker]:
-    """Starts ChunkWorkers; every one started is killed at the end, whatever happened."""
-    started: list[ChunkWorker] = []
-
-    def start(name: str, **settings: Any) -> ChunkWorker:
-        worker = ChunkWorker(database_url, tmp_path, name, **settings)
-        started.append(worker)
-        return worker
-
-    try:
+    """Starts worker processes of chunk_app; every one is killed at the end, whatever happened."""
+    with worker_processes(database_url, tmp_path, APP_REF, **WORKER_SETTINGS) as start:
         yield start
-    finally:
-        for worker in started:
-            worker.close()
 
 
 # --- what every test checks ---------------------------------------------------------------------

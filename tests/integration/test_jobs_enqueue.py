@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -14,32 +13,6 @@ import pytest
 
 from apps.harness import Probe, running_worker, wait_until
 from unbroken import App, EnqueueError
-
-SETTINGS: dict[str, Any] = {
-    "lease_seconds": 3.0,
-    "rescue_interval": 1.0,
-    "promote_interval": 0.1,
-    "poll_interval": 0.2,
-    "heartbeat_interval": 0.3,
-    "shutdown_timeout": 2.0,
-    "concurrency": 4,
-    "max_payload_bytes": 1000,
-}
-
-
-@pytest.fixture
-def app(database_url: str) -> Iterator[App]:
-    app = App(database_url=database_url, **SETTINGS)
-    app.migrate()
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def probe(database_url: str) -> Iterator[Probe]:
-    probe = Probe(database_url)
-    yield probe
-    probe.close()
 
 
 def job_count(probe: Probe) -> int:

@@ -10,40 +10,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
 import pytest
 
 import unbroken
 from apps.harness import Probe, insert_jobs, running_worker, wait_until
 from unbroken import App, JobCancelled, Permanent, Snooze, current_job
-
-SETTINGS: dict[str, Any] = {
-    "lease_seconds": 3.0,
-    "rescue_interval": 1.0,
-    "promote_interval": 0.1,
-    "poll_interval": 0.2,
-    "heartbeat_interval": 0.3,
-    "shutdown_timeout": 2.0,
-    "concurrency": 4,
-}
-
-
-@pytest.fixture
-def app(database_url: str) -> Iterator[App]:
-    app = App(database_url=database_url, **SETTINGS)
-    app.migrate()
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def probe(database_url: str) -> Iterator[Probe]:
-    probe = Probe(database_url)
-    yield probe
-    probe.close()
 
 
 def test_an_unknown_task_goes_dead_while_the_worker_keeps_going(app: App, probe: Probe) -> None:

@@ -32,7 +32,8 @@ from psycopg.types.json import Jsonb
 
 from model import NEXT_STATES, Model, NewJob, Outcome
 from unbroken import migrations
-from unbroken.enqueue import JobRow, insert_many
+from unbroken.db._sync.inserts import insert_many
+from unbroken.enqueue import JobRow
 from unbroken.sql import queries
 
 Q = queries()

@@ -1,9 +1,9 @@
 """Real worker processes under real faults: SIGKILL, SIGTERM, SIGSTOP/SIGCONT, server restarts.
 
-Workers run `tests.apps.fault_app:app` as subprocesses (`python -m unbroken.cli worker`, or
-tests/apps/run_worker.py), with a 3 s lease and a 1 s rescue interval. Their tasks write one
-row per execution into `executions`, which is how a test tells which process ran which
-attempt. Every wait polls the database (or the process) with a deadline.
+Workers run `tests.apps.fault_app:app` as subprocesses (`python -m unbroken worker`), with a
+3 s lease and a 1 s rescue interval. Their tasks write one row per execution into
+`executions`, which is how a test tells which process ran which attempt. Every wait polls
+the database (or the process) with a deadline.
 """
 
 from __future__ import annotations

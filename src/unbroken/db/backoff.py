@@ -68,5 +68,9 @@ class Backoff:
             delay = min(delay, remaining)
         return delay
 
+    def reset(self) -> None:
+        """The operation succeeded: the next failure starts from the first delay again."""
+        self.tries = 0
+
     def elapsed(self) -> float:
         return self.clock() - self._started if self.tries else 0.0

@@ -1,0 +1,46 @@
+"""Writing job rows: the async source of the enqueue inserts (the sync form is generated).
+
+One statement for one job; COPY with reserved ids for a batch without unique keys, one
+multi-row statement when unique keys need ON CONFLICT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from unbroken.enqueue import JobRow, copy_text, many_params
+from unbroken.errors import EnqueueError
+from unbroken.sql import Queries
+
+
+async def insert_one(conn: AsyncConnection[Any], queries: Queries, row: JobRow) -> int:
+    """The new job's id, or the live job's id when its unique key is taken."""
+    for _ in range(2):
+        cur = await conn.execute(queries["job_insert"], row.params())
+        found = await cur.fetchone()
+        if found is not None:
+            return int(found[0])
+        # A concurrent enqueue of the same unique key committed after our snapshot:
+        # a second statement sees it.
+    raise EnqueueError(f"task {row.task}: unique key {row.unique_key!r} is contended")
+
+
+async def insert_many(
+    conn: AsyncConnection[Any], queries: Queries, rows: Sequence[JobRow]
+) -> list[int]:
+    """Ids of the jobs written (a row whose unique key is live is skipped)."""
+    if not rows:
+        return []
+    if any(r.unique_key is not None for r in rows):
+        # Unique keys need ON CONFLICT, which COPY cannot do: one multi-row statement.
+        cur = await conn.execute(queries["job_insert_many"], many_params(rows), prepare=False)
+        return [r[0] for r in await cur.fetchall()]
+    cur = await conn.execute(queries["job_reserve_ids"], {"n": len(rows)})
+    ids = [r[0] for r in await cur.fetchall()]
+    async with conn.cursor().copy(queries["job_copy"]) as copy:
+        await copy.write(copy_text(ids, rows, datetime.now(UTC)))
+    return ids
