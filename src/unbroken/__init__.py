@@ -1,9 +1,10 @@
 """unbroken: a PostgreSQL-backed job and pipeline runtime that survives its database."""
 
-from unbroken.app import App, JobSpec, Task
+from unbroken.app import App, Task
 from unbroken.chunks import AsyncChunk, BadRecords, Chunk, Page, run_chunks, run_chunks_sync
 from unbroken.context import JobContext, current_job
 from unbroken.db.backoff import BackoffPolicy
+from unbroken.enqueue import JobSpec
 from unbroken.errors import (
     BadRecordsExceeded,
     CommitsLost,

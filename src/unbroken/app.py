@@ -33,7 +33,7 @@ from unbroken.db._sync.inserts import insert_many, insert_one
 from unbroken.db._sync.pool import Database
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.db.target import Target, resolve_target
-from unbroken.enqueue import EnqueueOptions, JobRow, argument_checker, make_row
+from unbroken.enqueue import EnqueueOptions, JobMaker, JobSpec, argument_checker
 from unbroken.errors import ConfigError, EnqueueError, Permanent
 from unbroken.settings import Settings, load_settings
 from unbroken.sql import Queries, queries
@@ -63,13 +63,6 @@ class TaskOptions:
     chunk_size: int | None = None  # default chunk size for the chunked runner
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """One job for `App.enqueue_many`, made by `task.job(...)`."""
-
-    row: JobRow
-
-
 class Task(Generic[P, R]):
     """A registered task. Call it to run it inline; `enqueue` it to run it on a worker."""
 
@@ -89,6 +82,17 @@ class Task(Generic[P, R]):
         self._enqueue_options = enqueue_options or EnqueueOptions()
         self._conn = conn
         self._check_args = argument_checker(_signature_of(fn))
+        self._make = JobMaker(
+            task=options.name,
+            check=self._check_args,
+            queue=options.queue,
+            priority=options.priority,
+            max_attempts=options.max_attempts,
+            unique=options.unique,
+            options=self._enqueue_options,
+            max_payload_bytes=app.settings.max_payload_bytes,
+            now=_utcnow,
+        )
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -122,11 +126,11 @@ class Task(Generic[P, R]):
 
     def job(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec:
         """A validated job for `App.enqueue_many` (nothing is written yet)."""
-        return JobSpec(self._row(args, kwargs))
+        return self._make(args, kwargs)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """Write the job and return its id (the existing job's id for a live unique key)."""
-        row = self._row(args, kwargs)
+        row = self._make(args, kwargs)
         if self._conn is not None:
             if not isinstance(self._conn, Connection):
                 raise EnqueueError(f"task {self.name}: use aenqueue() with an async connection")
@@ -136,7 +140,7 @@ class Task(Generic[P, R]):
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> int:
         """`enqueue` for async code."""
-        row = self._row(args, kwargs)
+        row = self._make(args, kwargs)
         if self._conn is not None:
             if not isinstance(self._conn, AsyncConnection):
                 raise EnqueueError(f"task {self.name}: use enqueue() with a sync connection")
@@ -147,22 +151,6 @@ class Task(Generic[P, R]):
             return await ainserts.insert_one(conn, self.app.queries, row)
 
         return await adb.pool("api").run(insert, transaction=False)
-
-    def _row(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobRow:
-        o = self.options
-        return make_row(
-            task=self.name,
-            check=self._check_args,
-            args=args,
-            kwargs=kwargs,
-            queue=o.queue,
-            priority=o.priority,
-            max_attempts=o.max_attempts,
-            unique=o.unique,
-            options=self._enqueue_options,
-            max_payload_bytes=self.app.settings.max_payload_bytes,
-            now=_utcnow,
-        )
 
 
 def _permanent_classifier(
@@ -273,7 +261,7 @@ class App:
         self, jobs: Iterable[JobSpec], *, conn: Connection[Any] | None = None
     ) -> list[int]:
         """Write many jobs in one statement; returns their ids (live unique keys skipped)."""
-        rows = [j.row for j in jobs]
+        rows = list(jobs)
         if conn is not None:
             return insert_many(conn, self.queries, rows)
         return self.database().pool("api").run(lambda c: insert_many(c, self.queries, rows))
@@ -281,7 +269,7 @@ class App:
     async def aenqueue_many(
         self, jobs: Iterable[JobSpec], *, conn: AsyncConnection[Any] | None = None
     ) -> list[int]:
-        rows = [j.row for j in jobs]
+        rows = list(jobs)
         if conn is not None:
             return await ainserts.insert_many(conn, self.queries, rows)
         adb = await self.adatabase()

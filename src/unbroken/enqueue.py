@@ -11,9 +11,10 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -36,8 +37,8 @@ class EnqueueOptions:
 
 
 @dataclass(slots=True)
-class JobRow:
-    """A validated job, ready to insert."""
+class JobSpec:
+    """A validated job, ready to insert: made by `task.job(...)` for `App.enqueue_many`."""
 
     queue: str
     task: str
@@ -63,8 +64,26 @@ def _identity(text: str) -> str:
     return text
 
 
-# One encoder, built once: json.dumps() with options builds a new one on every call.
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+def _unencodable(obj: object) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# The C encoder json.dumps() uses, made once: JSONEncoder.encode() builds a new one on every
+# call, which was half the cost of task.job(). Compact, ASCII, no NaN; no circular-reference
+# bookkeeping (a cycle ends in RecursionError, caught below).
+_c_encoder = c_make_encoder(
+    None, _unencodable, encode_basestring_ascii, None, ":", ",", False, False, False
+)
+if _c_encoder is None:  # pragma: no cover - CPython always has _json
+    _slow = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+    def _encode(obj: Any) -> str:
+        return _slow.encode(obj)
+else:
+    _encode_chunks = _c_encoder
+
+    def _encode(obj: Any) -> str:
+        return "".join(_encode_chunks(obj, 0))
 
 
 def argument_checker(
@@ -97,80 +116,129 @@ def argument_checker(
     return check
 
 
-def serialise_args(
-    task: str,
-    check: Callable[[tuple[Any, ...], dict[str, Any]], None],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> str:
-    """JSON for the job's arguments, after checking they fit the task's signature."""
-    try:
-        check(args, kwargs)
-    except TypeError as exc:
-        raise EnqueueError(f"task {task}: arguments do not fit its signature: {exc}") from None
-    try:
-        return _encode({"args": list(args), "kwargs": kwargs})
-    except (TypeError, ValueError) as exc:
-        raise EnqueueError(f"task {task}: arguments cannot be serialised to JSON: {exc}") from None
+class JobMaker:
+    """Turns one task's calls, under one set of options, into `JobSpec`s.
+
+    The options are checked once, when the maker is built; a problem with them is kept and
+    raised on every call, so it surfaces where the job is made. Per call only the arguments
+    are checked and serialised, and the values that depend on them (a priority or unique
+    key function) or on the clock (a delay) are computed.
+    """
+
+    __slots__ = (
+        "attempts",
+        "check",
+        "delay",
+        "max_payload_bytes",
+        "now",
+        "priority",
+        "priority_fn",
+        "problem",
+        "queue",
+        "run_at",
+        "task",
+        "unique",
+        "unique_key",
+    )
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        check: Callable[[tuple[Any, ...], dict[str, Any]], None],
+        queue: str,
+        priority: int | Callable[..., int],
+        max_attempts: int,
+        unique: bool | Callable[..., str] | None,
+        options: EnqueueOptions,
+        max_payload_bytes: int,
+        now: Callable[[], datetime],
+    ) -> None:
+        self.task = task
+        self.check = check
+        self.max_payload_bytes = max_payload_bytes
+        self.now = now
+        self.unique = unique
+        self.unique_key = options.unique_key
+        self.priority_fn: Callable[..., int] | None = None
+        self.priority = 0
+        if options.priority is not None:
+            self.priority = options.priority
+        elif callable(priority):
+            self.priority_fn = priority
+        else:
+            self.priority = priority
+        self.attempts = options.max_attempts if options.max_attempts is not None else max_attempts
+        self.queue = options.queue or queue
+        self.run_at = options.run_at
+        self.delay: timedelta | None = None
+        self.problem: str | None = None
+        if options.delay is not None:
+            try:
+                self.delay = (
+                    options.delay
+                    if isinstance(options.delay, timedelta)
+                    else timedelta(seconds=float(options.delay))
+                )
+            except (TypeError, ValueError, OverflowError):
+                self.problem = (
+                    f"task {task}: delay must be seconds or a timedelta, got {options.delay!r}"
+                )
+        self.problem = self.problem or self._problem()
+
+    def _problem(self) -> str | None:
+        task = self.task
+        if self.priority_fn is None and not -32768 <= self.priority <= 32767:
+            return f"task {task}: priority {self.priority} is outside -32768..32767"
+        if self.attempts < 1:
+            return f"task {task}: max_attempts must be >= 1, got {self.attempts}"
+        if self.delay is not None and self.delay.total_seconds() < 0:
+            return f"task {task}: delay must be >= 0 seconds, got {self.delay.total_seconds()}"
+        if self.run_at is not None and self.run_at.tzinfo is None:
+            return f"task {task}: run_at must be timezone-aware, got {self.run_at}"
+        if not 1 <= len(self.queue) <= 128 or _UNSAFE_NAME.search(self.queue):
+            return (
+                f"task {task}: queue name {self.queue!r} must be 1 to 128 characters without "
+                "tabs, newlines or backslashes"
+            )
+        return None
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobSpec:
+        task = self.task
+        if self.problem is not None:
+            raise EnqueueError(self.problem)
+        try:
+            self.check(args, kwargs)
+        except TypeError as exc:
+            raise EnqueueError(f"task {task}: arguments do not fit its signature: {exc}") from None
+        try:
+            payload = _encode({"args": list(args), "kwargs": kwargs})
+        except (TypeError, ValueError, RecursionError) as exc:
+            if isinstance(exc, RecursionError):
+                exc = ValueError("they are nested too deeply or refer to themselves")
+            raise EnqueueError(
+                f"task {task}: arguments cannot be serialised to JSON: {exc}"
+            ) from None
+        if len(payload) > self.max_payload_bytes:
+            raise EnqueueError(
+                f"task {task}: arguments are {len(payload):,} bytes, over the limit of "
+                f"{self.max_payload_bytes:,} (UNBROKEN_MAX_PAYLOAD_BYTES); store big data in "
+                "a table and pass its key"
+            )
+        prio = self.priority
+        if self.priority_fn is not None:
+            prio = int(self.priority_fn(*args, **kwargs))
+            if not -32768 <= prio <= 32767:
+                raise EnqueueError(f"task {task}: priority {prio} is outside -32768..32767")
+        key = self.unique_key
+        if key is None and self.unique:
+            unique = self.unique
+            key = str(unique(*args, **kwargs)) if callable(unique) else f"{task}:{payload}"
+        run_at = self.run_at if self.delay is None else self.now() + self.delay
+        return JobSpec(self.queue, task, payload, prio, run_at, self.attempts, key)
 
 
-def make_row(
-    *,
-    task: str,
-    check: Callable[[tuple[Any, ...], dict[str, Any]], None],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    queue: str,
-    priority: int | Callable[..., int],
-    max_attempts: int,
-    unique: bool | Callable[..., str] | None,
-    options: EnqueueOptions,
-    max_payload_bytes: int,
-    now: Callable[[], datetime],
-) -> JobRow:
-    payload = serialise_args(task, check, args, kwargs)
-    if len(payload) > max_payload_bytes:
-        raise EnqueueError(
-            f"task {task}: arguments are {len(payload):,} bytes, over the limit of "
-            f"{max_payload_bytes:,} (UNBROKEN_MAX_PAYLOAD_BYTES); store big data in a table "
-            "and pass its key"
-        )
-    if options.priority is not None:
-        prio = options.priority
-    elif callable(priority):
-        prio = int(priority(*args, **kwargs))
-    else:
-        prio = priority
-    if not -32768 <= prio <= 32767:
-        raise EnqueueError(f"task {task}: priority {prio} is outside -32768..32767")
-    attempts = options.max_attempts if options.max_attempts is not None else max_attempts
-    if attempts < 1:
-        raise EnqueueError(f"task {task}: max_attempts must be >= 1, got {attempts}")
-    key = options.unique_key
-    if key is None and unique:
-        key = str(unique(*args, **kwargs)) if callable(unique) else f"{task}:{payload}"
-    run_at = options.run_at
-    if options.delay is not None:
-        seconds = (
-            options.delay.total_seconds()
-            if isinstance(options.delay, timedelta)
-            else float(options.delay)
-        )
-        if seconds < 0:
-            raise EnqueueError(f"task {task}: delay must be >= 0 seconds, got {seconds}")
-        run_at = now() + timedelta(seconds=seconds)
-    if run_at is not None and run_at.tzinfo is None:
-        raise EnqueueError(f"task {task}: run_at must be timezone-aware, got {run_at}")
-    q = options.queue or queue
-    if not 1 <= len(q) <= 128 or _UNSAFE_NAME.search(q):
-        raise EnqueueError(
-            f"task {task}: queue name {q!r} must be 1 to 128 characters without tabs, "
-            "newlines or backslashes"
-        )
-    return JobRow(q, task, payload, prio, run_at, attempts, key)
-
-
-def many_params(rows: Sequence[JobRow]) -> dict[str, Any]:
+def many_params(rows: Sequence[JobSpec]) -> dict[str, Any]:
     """Column arrays for job_insert_many: one statement for the whole batch."""
     return {
         "queues": [r.queue for r in rows],
@@ -183,19 +251,44 @@ def many_params(rows: Sequence[JobRow]) -> dict[str, Any]:
     }
 
 
-def copy_text(ids: Sequence[int], rows: Sequence[JobRow], now: datetime) -> str:
-    """COPY text-format lines; JSON escapes control characters, so only backslashes need
-    doubling, and names were checked for tabs, newlines and backslashes at validation."""
+# Rows per piece of COPY data: the server parses one piece while the next is formatted.
+COPY_PIECE_ROWS = 1000
+
+
+def copy_query_name(rows: Sequence[JobSpec]) -> str:
+    """job_copy_now when every job may run at once (state and run_at are then the table's
+    defaults, which saves the server a timestamp parse per row), else job_copy."""
+    return "job_copy_now" if all(r.run_at is None for r in rows) else "job_copy"
+
+
+def copy_pieces(
+    query_name: str, ids: Sequence[int], rows: Sequence[JobSpec], now: datetime
+) -> Iterator[str]:
+    """COPY text-format data for `query_name`'s columns, `COPY_PIECE_ROWS` lines at a time.
+
+    JSON escapes control characters, so only backslashes need doubling; names were checked
+    for tabs, newlines and backslashes when the job was made."""
+    full = query_name == "job_copy"
     stamp = now.isoformat()
-    lines = []
-    for job_id, r in zip(ids, rows, strict=True):
-        if r.run_at is None or r.run_at <= now:
-            state, run_at = "available", stamp if r.run_at is None else r.run_at.isoformat()
-        else:
-            state, run_at = "scheduled", r.run_at.isoformat()
-        args = r.args.replace("\\", "\\\\") if "\\" in r.args else r.args
-        lines.append(
-            f"{job_id}\t{r.queue}\t{r.task}\t{args}\t{state}\t{r.priority}\t{run_at}"
-            f"\t{r.max_attempts}\n"
-        )
-    return "".join(lines)
+    for start in range(0, len(rows), COPY_PIECE_ROWS):
+        lines = []
+        for job_id, r in zip(
+            ids[start : start + COPY_PIECE_ROWS],
+            rows[start : start + COPY_PIECE_ROWS],
+            strict=True,
+        ):
+            args = r.args.replace("\\", "\\\\") if "\\" in r.args else r.args
+            if not full:
+                lines.append(
+                    f"{job_id}\t{r.queue}\t{r.task}\t{args}\t{r.priority}\t{r.max_attempts}\n"
+                )
+                continue
+            if r.run_at is None or r.run_at <= now:
+                state, run_at = "available", stamp if r.run_at is None else r.run_at.isoformat()
+            else:
+                state, run_at = "scheduled", r.run_at.isoformat()
+            lines.append(
+                f"{job_id}\t{r.queue}\t{r.task}\t{args}\t{state}\t{r.priority}\t{run_at}"
+                f"\t{r.max_attempts}\n"
+            )
+        yield "".join(lines)

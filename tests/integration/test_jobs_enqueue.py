@@ -142,3 +142,33 @@ def test_an_enqueue_in_the_callers_transaction_lives_and_dies_with_it(
         wait_until(lambda: ran.count("committed") == expected, timeout=10, what="the job to run")
     assert "rolled back" not in ran
     assert job_count(probe) == 1 + expected
+
+
+@pytest.mark.parametrize("scheduled", [False, True], ids=["all-now", "some-later"])
+def test_a_bulk_enqueue_writes_every_job_as_made(app: App, probe: Probe, scheduled: bool) -> None:
+    """Across several COPY pieces, with the awkward characters COPY text must escape; with
+    every job due now (the short column list) and with some for later (the full one)."""
+
+    @app.task(name="awkward")
+    async def awkward(n: int, text: str) -> None:
+        return None
+
+    texts = ["back\\slash", "tab\there", "new\nline", 'quote"', "naïve ☃", "\\N", ""]
+    count = 2 * 1000 + 7  # three pieces of COPY data
+    specs = []
+    for n in range(count):
+        task = awkward.using(delay=3600) if scheduled and n % 3 == 0 else awkward
+        specs.append(task.job(n, texts[n % len(texts)]))
+    ids = app.enqueue_many(specs)
+    assert len(ids) == len(set(ids)) == count
+    rows = probe.rows(
+        "SELECT id, args, state::text AS state, run_at > now() + interval '30 minutes' AS later "
+        "FROM unbroken.jobs ORDER BY id"
+    )
+    assert [r["id"] for r in rows] == sorted(ids)
+    by_id = {r["id"]: r for r in rows}
+    for n, job_id in enumerate(ids):
+        args, state, later = (by_id[job_id][k] for k in ("args", "state", "later"))
+        assert args == {"args": [n, texts[n % len(texts)]], "kwargs": {}}
+        expect_later = scheduled and n % 3 == 0
+        assert (state, later) == (("scheduled", True) if expect_later else ("available", False))

@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 from model import NEXT_STATES, Model, NewJob, Outcome
 from unbroken import migrations
 from unbroken.db._sync.inserts import insert_many
-from unbroken.enqueue import JobRow
+from unbroken.enqueue import JobSpec
 from unbroken.sql import queries
 
 Q = queries()
@@ -134,7 +134,7 @@ class TransitionMachine(RuleBasedStateMachine):
         """The bulk path of enqueue_many: job_reserve_ids, then COPY (job_copy)."""
         plain = [NewJob(r.queue, r.priority, r.later, r.max_attempts) for r in rows]
         job_rows = [
-            JobRow(
+            JobSpec(
                 queue=r.queue,
                 task="t",
                 args="{}",

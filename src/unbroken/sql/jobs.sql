@@ -246,3 +246,7 @@ SELECT nextval('unbroken.jobs_id_seq'::regclass) FROM generate_series(1, %(n)s)
 -- name: job_copy
 -- Bulk enqueue without unique keys: COPY is the fastest way into the table.
 COPY unbroken.jobs (id, queue, task, args, state, priority, run_at, max_attempts) FROM STDIN
+
+-- name: job_copy_now
+-- Bulk enqueue of jobs that may all run now: state and run_at are the table's defaults.
+COPY unbroken.jobs (id, queue, task, args, priority, max_attempts) FROM STDIN

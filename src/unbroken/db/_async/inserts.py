@@ -12,12 +12,12 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from unbroken.enqueue import JobRow, copy_text, many_params
+from unbroken.enqueue import JobSpec, copy_pieces, copy_query_name, many_params
 from unbroken.errors import EnqueueError
 from unbroken.sql import Queries
 
 
-async def insert_one(conn: AsyncConnection[Any], queries: Queries, row: JobRow) -> int:
+async def insert_one(conn: AsyncConnection[Any], queries: Queries, row: JobSpec) -> int:
     """The new job's id, or the live job's id when its unique key is taken."""
     for _ in range(2):
         cur = await conn.execute(queries["job_insert"], row.params())
@@ -30,7 +30,7 @@ async def insert_one(conn: AsyncConnection[Any], queries: Queries, row: JobRow) 
 
 
 async def insert_many(
-    conn: AsyncConnection[Any], queries: Queries, rows: Sequence[JobRow]
+    conn: AsyncConnection[Any], queries: Queries, rows: Sequence[JobSpec]
 ) -> list[int]:
     """Ids of the jobs written (a row whose unique key is live is skipped)."""
     if not rows:
@@ -41,6 +41,9 @@ async def insert_many(
         return [r[0] for r in await cur.fetchall()]
     cur = await conn.execute(queries["job_reserve_ids"], {"n": len(rows)})
     ids = [r[0] for r in await cur.fetchall()]
-    async with conn.cursor().copy(queries["job_copy"]) as copy:
-        await copy.write(copy_text(ids, rows, datetime.now(UTC)))
+    name = copy_query_name(rows)
+    async with conn.cursor().copy(queries[name]) as copy:
+        # Piece by piece: the server parses one piece while the next is formatted.
+        for piece in copy_pieces(name, ids, rows, datetime.now(UTC)):
+            await copy.write(piece)
     return ids

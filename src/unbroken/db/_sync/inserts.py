@@ -13,12 +13,12 @@ from typing import Any
 
 from psycopg import Connection
 
-from unbroken.enqueue import JobRow, copy_text, many_params
+from unbroken.enqueue import JobSpec, copy_pieces, copy_query_name, many_params
 from unbroken.errors import EnqueueError
 from unbroken.sql import Queries
 
 
-def insert_one(conn: Connection[Any], queries: Queries, row: JobRow) -> int:
+def insert_one(conn: Connection[Any], queries: Queries, row: JobSpec) -> int:
     """The new job's id, or the live job's id when its unique key is taken."""
     for _ in range(2):
         cur = conn.execute(queries["job_insert"], row.params())
@@ -30,7 +30,7 @@ def insert_one(conn: Connection[Any], queries: Queries, row: JobRow) -> int:
     raise EnqueueError(f"task {row.task}: unique key {row.unique_key!r} is contended")
 
 
-def insert_many(conn: Connection[Any], queries: Queries, rows: Sequence[JobRow]) -> list[int]:
+def insert_many(conn: Connection[Any], queries: Queries, rows: Sequence[JobSpec]) -> list[int]:
     """Ids of the jobs written (a row whose unique key is live is skipped)."""
     if not rows:
         return []
@@ -40,6 +40,9 @@ def insert_many(conn: Connection[Any], queries: Queries, rows: Sequence[JobRow])
         return [r[0] for r in cur.fetchall()]
     cur = conn.execute(queries["job_reserve_ids"], {"n": len(rows)})
     ids = [r[0] for r in cur.fetchall()]
-    with conn.cursor().copy(queries["job_copy"]) as copy:
-        copy.write(copy_text(ids, rows, datetime.now(UTC)))
+    name = copy_query_name(rows)
+    with conn.cursor().copy(queries[name]) as copy:
+        # Piece by piece: the server parses one piece while the next is formatted.
+        for piece in copy_pieces(name, ids, rows, datetime.now(UTC)):
+            copy.write(piece)
     return ids
