@@ -81,6 +81,9 @@ def run_section(
 def _run_once(bapp: Any, url: str, samples: int, concurrency: int) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE unbroken.jobs, unbroken.workers, unbroken.leaders")
+        # Settle the server like the other parts do: a checkpoint still spreading the
+        # earlier parts' writes makes every WAL flush (two per job here) slower.
+        conn.execute("CHECKPOINT")
     worker = start_worker(url, "bench-lat", concurrency, burst=False)
     try:
         worker.wait_ready()

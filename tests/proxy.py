@@ -17,6 +17,7 @@ class Proxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.blackholed = threading.Event()
+        self.bytes_to_server = 0  # what clients sent: a round trip shows up here
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -73,14 +74,20 @@ class Proxy:
             return
         self._writers.add(up_writer)
         await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            self._pipe(reader, up_writer, upstream=True),
+            self._pipe(up_reader, writer, upstream=False),
+            return_exceptions=True,
         )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 while self.blackholed.is_set():  # noqa: ASYNC110 - set from another thread
                     await asyncio.sleep(0.05)  # held back: nothing arrives while blackholed
+                if upstream:
+                    self.bytes_to_server += len(data)
                 writer.write(data)
                 await writer.drain()
         writer.close()

@@ -81,6 +81,14 @@ class Settings(BaseSettings):
         description="Seconds before a connection is recycled, so no session lives long enough "
         "to be cut by a proxy or firewall.",
     )
+    pool_check_after: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="Seconds a connection may sit idle in the pool and still be handed out "
+        "after a look at its socket; one idle longer is proven alive by a round trip (0: "
+        "always).",
+    )
     pool_max_idle: float = Field(
         120.0, ge=10, description="Seconds an extra idle connection is kept before closing it."
     )

@@ -273,3 +273,35 @@ def test_no_session_is_left_idle_in_transaction(table: str, faults: Faults) -> N
             except psycopg.errors.UniqueViolation:
                 pass
         assert faults.idle_in_transaction() == []
+
+
+@pytest.mark.parametrize("check_after", [60.0, 0.0], ids=["socket-look", "round-trip"])
+def test_a_checkout_hands_out_only_live_connections(
+    database_url: str, pg_server: Any, faults: Faults, check_after: float
+) -> None:
+    """A connection back healthy a moment ago is handed out on a look at its socket (no
+    bytes sent); one whose backend has gone since is not handed out either way."""
+    from proxy import Proxy
+
+    dbname = database_url.rsplit("/", 1)[1]
+    proxy = Proxy("127.0.0.1", pg_server.server.port).start()
+    try:
+        s = settings(pool_min_size=1, pool_max_size=1, pool_check_after=check_after)
+        with RolePool("liveness", proxy.url(dbname), s) as pool:
+            with pool.connection() as conn:
+                first_pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+            sent = proxy.bytes_to_server
+            for _ in range(20):
+                with pool.connection():
+                    pass
+            if check_after:
+                assert proxy.bytes_to_server == sent  # not one round trip
+            else:
+                assert proxy.bytes_to_server > sent  # a round trip each
+            assert faults.terminate_backends("unbroken:liveness") == 1
+            with pool.connection() as conn:
+                second_pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert second_pid != first_pid
+            assert pool.stats().reconnects == 1  # the dead one was noticed at checkout
+    finally:
+        proxy.stop()

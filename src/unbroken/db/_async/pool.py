@@ -4,7 +4,8 @@
 (a test fails if it is stale), so the sync and async forms cannot drift apart.
 
 What this adds to psycopg_pool (which does the pooling itself):
-- a connection handed out is alive: it is checked on checkout, and after any
+- a connection handed out is alive: it is checked on checkout (a round trip, or a look at
+  its socket if it was healthy a moment ago: `liveness.py`), and after any
   connection-class error every idle connection is checked at once (`flush`), so a server
   restart costs one round of reconnects, not one failed checkout per stale connection;
 - a connection always goes back idle: one returned inside a transaction is rolled back
@@ -33,6 +34,7 @@ from unbroken.db.classify import is_connection_error, is_transient
 from unbroken.db.compat import AsyncWork, asleep
 from unbroken.db.conninfo import connection_kwargs, describe_target, redact
 from unbroken.db.deadline import AsyncDeadlineConnection
+from unbroken.db.liveness import mark_alive, recently_alive
 from unbroken.db.stats import PoolStats, caller_outside_unbroken
 from unbroken.errors import DatabaseUnavailable, UnitOfWorkFailed
 from unbroken.settings import Settings
@@ -156,6 +158,8 @@ class AsyncRolePool:
         deadline = time.monotonic() + self.settings.pool_acquire_timeout
         while True:
             conn = await self._pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
+            if recently_alive(conn, self.settings.pool_check_after):
+                return conn
             try:
                 # An empty query is one round trip and proves the session is alive.
                 await conn.execute("")
@@ -179,6 +183,8 @@ class AsyncRolePool:
                 await conn.rollback()
             except psycopg.Error:
                 await conn.close()
+        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+            mark_alive(conn)
         await self._pool.putconn(conn)
 
     async def flush(self) -> None:
