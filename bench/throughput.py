@@ -68,6 +68,13 @@ class Run:
         return self.run_cpu_seconds / self.run_wall_seconds * 100
 
     @property
+    def cores_used(self) -> float:
+        """Cores the run kept busy while jobs ran: server and workers' CPU seconds over the
+        jobs' window. The server's includes its background processes, so a little high."""
+        server_s = self.cpu["server_cpu_pct"] / 100 * self.cpu["wall_s"]
+        return (server_s + self.run_cpu_seconds) / self.seconds
+
+    @property
     def fetch_batch(self) -> float:
         return _batch(self.by_statement, "job_get_available")
 
@@ -359,6 +366,7 @@ def _two_workers(
         c = best_conc[kind]
         one, two = Repeated(), Repeated()
         ratios: list[float] = []
+        ceilings: list[float] = []  # 2 cores / cores one worker uses: the most 2 can do
         two_runs: list[Run] = []
         for rep in range(repeat):
             pair: dict[int, Run] = {}
@@ -371,6 +379,7 @@ def _two_workers(
             two.add(pair[2].rate)
             two_runs.append(pair[2])
             ratios.append(pair[2].rate / pair[1].rate)
+            ceilings.append(2 / pair[1].cores_used)
         ratio = median(ratios)
         best_two = max(two_runs, key=lambda r: r.rate)
         peaks = [v["peak_total"] for v in best_two.sessions.values()]
@@ -384,6 +393,8 @@ def _two_workers(
                 ", ".join(f"{r:.2f}" for r in ratios),
                 f"{ratio:.2f}x",
                 verdict(ratio >= TARGET_TWO_WORKERS),
+                f"{2 / median(ceilings):.2f}",
+                f"{median(ceilings):.2f}x",
                 _cpu_text(best_two),
                 "/".join(str(p) for p in peaks),
                 fmt((best_two.xacts - baseline2[0]) / jobs, 4),
@@ -396,6 +407,8 @@ def _two_workers(
             "pair_ratios": ratios,
             "ratio_median": ratio,
             "ratio_best": max(ratios),
+            "cpu_ceiling_ratios": ceilings,
+            "cpu_ceiling_median": median(ceilings),
             "best_run": asdict(best_two),
         }
     say(
@@ -411,6 +424,8 @@ def _two_workers(
                 "pair ratios",
                 "median ratio",
                 "target",
+                "cores 1 worker uses",
+                "CPU ceiling (2 cores / that)",
                 "CPU % server/workers/others (best 2w)",
                 "peak sessions",
                 "steady xacts/job",

@@ -244,3 +244,22 @@ def test_a_cancelled_job_that_fails_instead_of_stopping_is_not_retried(
         row = probe.wait_state(job, ("cancelled", "retryable", "dead"), timeout=10)
     assert row["state"] == "cancelled"
     assert runs == [1]
+
+
+def test_a_retried_dead_job_wakes_an_idle_worker_at_once(app: App, probe: Probe) -> None:
+    """`retry` notifies the job's queue: a worker that polls once a minute runs it in seconds."""
+    runs: list[int] = []
+
+    @app.task(name="flaky_once", max_attempts=1)
+    async def flaky_once() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("first time fails")
+
+    job_id = flaky_once.enqueue()
+    with running_worker(app, poll_interval=60.0):
+        probe.wait_state(job_id, "dead", timeout=10)
+        time.sleep(0.5)  # the worker is idle, waiting for a notification
+        assert app.retry(job_id) == [job_id]
+        row = probe.wait_state(job_id, "succeeded", timeout=10)
+    assert (row["attempt"], len(runs)) == (2, 2)

@@ -260,3 +260,21 @@ def test_a_paused_worker_resumed_after_its_job_was_rescued_changes_nothing(
     assert [(r["pid"], r["attempt"]) for r in runs] == [(a.pid, 1), (b.pid, 2)]
     stop_cleanly(a, b)
     assert "1 fenced" in a.log_flat()
+
+
+def test_a_job_handed_back_at_shutdown_wakes_an_idle_worker_at_once(
+    probe: Probe, workers: StartWorker
+) -> None:
+    """The hand-back notifies the queue: an idle worker that polls only once a minute
+    starts the job within seconds, not at its next poll."""
+    w1 = workers("w1", **FAST, shutdown_timeout=1.0)
+    w1.wait_registered(probe)
+    (job_id,) = insert_jobs(probe, "record", n=1, kwargs={"seconds": 120, "once": True})
+    wait_until(lambda: started_by(probe, job_id, w1), timeout=30, what="w1 to start the job")
+    w2 = workers("w2", **{**FAST, "poll_interval": 60.0})
+    w2.wait_registered(probe)
+    time.sleep(1.0)  # w2's start-up fetch is done; from now on it waits for a notification
+    w1.signal(signal.SIGTERM)
+    assert w1.wait_exit(timeout=30) == 0
+    wait_until(lambda: started_by(probe, job_id, w2), timeout=10, what="w2 to start the job")
+    stop_cleanly(w2)

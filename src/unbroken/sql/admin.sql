@@ -59,9 +59,21 @@ WHERE id = ANY(%(ids)s::bigint[])
 RETURNING id
 
 -- name: job_count_by_state
--- Jobs per queue and state (read at metrics scrape time; the (state, queue) index serves it).
-SELECT queue, state::text AS state, count(*) AS jobs
-FROM unbroken.jobs
+-- Jobs per queue and state (read at metrics scrape time). One branch per partial index, each
+-- predicate the index's own, so every branch reads its index and never the whole table.
+SELECT queue, state, sum(jobs)::bigint AS jobs FROM (
+    SELECT queue, 'available' AS state, count(*) AS jobs
+    FROM unbroken.jobs WHERE state = 'available' GROUP BY queue
+    UNION ALL
+    SELECT queue, state::text, count(*)
+    FROM unbroken.jobs WHERE state IN ('scheduled', 'retryable') GROUP BY queue, state
+    UNION ALL
+    SELECT queue, 'running', count(*)
+    FROM unbroken.jobs WHERE state = 'running' GROUP BY queue
+    UNION ALL
+    SELECT queue, state::text, count(*)
+    FROM unbroken.jobs WHERE finished_at IS NOT NULL GROUP BY queue, state
+) AS by_index
 GROUP BY queue, state
 ORDER BY queue, state
 

@@ -130,7 +130,10 @@ counted AS (
         dead = s.dead + excluded.dead,
         runtime_ms = s.runtime_ms + excluded.runtime_ms
 )
-SELECT id, state FROM updated
+-- A job handed back at shutdown can run now: wake the workers of its queue, or it would
+-- wait for their next poll (the server sends one notification per queue per transaction).
+SELECT id, state, CASE WHEN state = 'available' THEN pg_notify('unbroken.jobs', queue) END
+FROM updated
 
 -- name: lease_renew_many
 -- Extend this worker's leases in one statement and record its heartbeat; returns the leases still held and any cancel requests.
@@ -208,7 +211,8 @@ WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('scheduled', 'available', 'retry
 RETURNING id, state::text
 
 -- name: job_retry_many
--- Put dead or cancelled jobs back in line now, granting one more attempt where they had none left (one per unique key).
+-- Put dead or cancelled jobs back in line now, granting one more attempt where they had none left (one per unique key), and wake the workers of their queues.
+WITH retried AS (
 UPDATE unbroken.jobs AS j
 SET state = 'available',
     run_at = now(),
@@ -226,7 +230,9 @@ WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('dead', 'cancelled')
       SELECT 1 FROM unbroken.jobs AS newer
       WHERE j.unique_key IS NOT NULL AND newer.unique_key = j.unique_key AND newer.id > j.id
         AND newer.id = ANY(%(ids)s::bigint[]) AND newer.state IN ('dead', 'cancelled'))
-RETURNING j.id
+RETURNING j.id, j.queue
+)
+SELECT id, 'available' AS state, pg_notify('unbroken.jobs', queue) AS woken FROM retried
 
 -- name: job_get
 -- One job, every column.
