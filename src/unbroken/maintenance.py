@@ -1,7 +1,8 @@
 """Maintenance run by the leader: rescue, promote, prune. Each is one bounded statement.
 
 - Rescuer: running jobs whose lease expired go back to retryable (dead when their
-  attempts are spent), counted on the job, within `rescue_interval` of the expiry.
+  attempts are spent), counted on the job, within `rescue_interval` of the expiry;
+  not in the first lease after the server (re)started, when no live worker could renew.
 - Scheduler: scheduled and retryable jobs whose run_at has come become available, and a
   NOTIFY wakes the workers of their queues.
 - Pruner: finished jobs older than the retention are deleted, 1,000 at a time, and
@@ -58,7 +59,10 @@ class Maintenance:
 
     async def rescue(self) -> int:
         async with self._pool.connection() as conn:
-            cur = await conn.execute(self._q["job_rescue_expired"], {"limit": BATCH})
+            cur = await conn.execute(
+                self._q["job_rescue_expired"],
+                {"limit": BATCH, "restart_grace": self._settings.lease_seconds},
+            )
             rows = await cur.fetchall()
         for job_id, state, worker in rows:
             logger.warning("rescued job %d from silent worker %s: now %s", job_id, worker, state)

@@ -260,7 +260,7 @@ class TransitionMachine(RuleBasedStateMachine):
     # --- the leader's statements ----------------------------------------------------------------
     @rule()
     def rescue(self) -> None:
-        got = self.run("job_rescue_expired", {"limit": 1000})
+        got = self.run("job_rescue_expired", {"limit": 1000, "restart_grace": 0})
         assert {r[0]: r[1] for r in got} == self.model.rescue()
 
     @rule()

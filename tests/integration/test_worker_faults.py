@@ -278,3 +278,45 @@ def test_a_job_handed_back_at_shutdown_wakes_an_idle_worker_at_once(
     assert w1.wait_exit(timeout=30) == 0
     wait_until(lambda: started_by(probe, job_id, w2), timeout=10, what="w2 to start the job")
     stop_cleanly(w2)
+
+
+def test_an_outage_longer_than_the_lease_rescues_no_live_workers_job(
+    probe: Probe, workers: StartWorker, faults: Faults
+) -> None:
+    """Every lease runs out while the server is down, yet the running job's worker is
+    alive: for one lease after the server is back nothing is rescued, and the worker renews
+    first. The worker is held (SIGSTOP) until shortly after the server is back, as a slow
+    reconnect would hold it; the other worker, which leads, would take the job then if it
+    rescued at once."""
+    lease = 6.0
+    settings = {**FAST, "lease_seconds": lease}
+    leader = workers("leader", **settings, queues="elsewhere")
+    leader.wait_registered(probe)
+    wait_until(
+        lambda: probe.value("SELECT holder FROM unbroken.leaders") == leader.worker_id,
+        timeout=30,
+        what="the first worker to lead",
+    )
+    runner = workers("runner", **settings, queues="slow")
+    runner.wait_registered(probe)
+    (job_id,) = insert_jobs(probe, "record", queue="slow", kwargs={"seconds": 25})
+    wait_until(lambda: started_by(probe, job_id, runner), timeout=30, what="the job to start")
+
+    runner.signal(signal.SIGSTOP)
+    faults.stop_for(lease + 2, "fast")  # longer than the lease
+    # The term ran out in the outage: a live term again means the leader is back at work.
+    wait_until(
+        lambda: (
+            probe.value("SELECT holder FROM unbroken.leaders WHERE expires_at > now()")
+            == leader.worker_id
+        ),
+        timeout=30,
+        what="the leader to lead again",
+    )
+    time.sleep(2 * RESCUE)  # a leader that rescued at once would have taken the job by now
+    runner.signal(signal.SIGCONT)
+
+    row = probe.wait_state(job_id, "succeeded", timeout=60)
+    assert (row["attempt"], row["rescues"], row["errors"]) == (1, 0, [])
+    assert len(probe.executions(job_id)) == 1
+    stop_cleanly(runner, leader)

@@ -150,9 +150,13 @@ RETURNING j.id, j.cancel_requested
 
 -- name: job_rescue_expired
 -- Move running jobs whose lease ran out to retryable (dead when attempts are spent, cancelled when a cancel was asked), noting the rescue on the job.
+-- No lease can be renewed while the server is down, so after an outage longer than a lease
+-- every lease has run out, the live workers' too: for `restart_grace` seconds (one lease)
+-- after the server (re)started, nothing is rescued, and live workers renew first.
 WITH expired AS (
     SELECT id, worker_id FROM unbroken.jobs
     WHERE state = 'running' AND lease_expires_at < now()
+      AND pg_postmaster_start_time() < now() - make_interval(secs => %(restart_grace)s)
     ORDER BY lease_expires_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
