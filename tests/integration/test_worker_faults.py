@@ -285,33 +285,30 @@ def test_an_outage_longer_than_the_lease_rescues_no_live_workers_job(
 ) -> None:
     """Every lease runs out while the server is down, yet the running job's worker is
     alive: for one lease after the server is back nothing is rescued, and the worker renews
-    first. The worker is held (SIGSTOP) until shortly after the server is back, as a slow
-    reconnect would hold it; the other worker, which leads, would take the job then if it
-    rescued at once."""
-    lease = 6.0
+    first. The job's worker is held (SIGSTOP) until shortly after the server is back, as a
+    slow reconnect would hold it, while a fresh worker takes the lead at once: a leader
+    that rescued straight away would take the job then."""
+    lease = 8.0
     settings = {**FAST, "lease_seconds": lease}
-    leader = workers("leader", **settings, queues="elsewhere")
-    leader.wait_registered(probe)
-    wait_until(
-        lambda: probe.value("SELECT holder FROM unbroken.leaders") == leader.worker_id,
-        timeout=30,
-        what="the first worker to lead",
-    )
     runner = workers("runner", **settings, queues="slow")
     runner.wait_registered(probe)
-    (job_id,) = insert_jobs(probe, "record", queue="slow", kwargs={"seconds": 25})
+    (job_id,) = insert_jobs(probe, "record", queue="slow", kwargs={"seconds": 30})
     wait_until(lambda: started_by(probe, job_id, runner), timeout=30, what="the job to start")
 
     runner.signal(signal.SIGSTOP)
-    faults.stop_for(lease + 2, "fast")  # longer than the lease
-    # The term ran out in the outage: a live term again means the leader is back at work.
+    faults.stop_for(lease + 2, "fast")  # longer than the lease: every lease has run out
+    leader = workers("leader", **settings, queues="elsewhere")
     wait_until(
         lambda: (
-            probe.value("SELECT holder FROM unbroken.leaders WHERE expires_at > now()")
-            == leader.worker_id
+            probe.value(
+                "SELECT count(*) FROM unbroken.leaders AS l JOIN unbroken.workers AS w"
+                " ON w.id = l.holder WHERE l.expires_at > now() AND w.pid = %s",
+                [leader.pid],
+            )
+            == 1
         ),
-        timeout=30,
-        what="the leader to lead again",
+        timeout=lease - 3,
+        what="the new worker to lead",
     )
     time.sleep(2 * RESCUE)  # a leader that rescued at once would have taken the job by now
     runner.signal(signal.SIGCONT)
