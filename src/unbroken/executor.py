@@ -156,6 +156,11 @@ class Executor:
                 attempt=attempt,
                 wait_s=max(0.0, (datetime.now(UTC) - run_at).total_seconds()),
             )
+        if job_id in self.running:
+            # Claimed again while an older attempt still runs here: that attempt's lease was
+            # lost (say the process was paused past it). Stop it, and let this attempt own
+            # the job id, or the older one's exit would drop the newer one from `held()`.
+            self.mark_lease_lost(job_id)
         # The slot is taken now (before the task first runs), so the next fetch sees it.
         task = asyncio.get_running_loop().create_task(self._run(ctx))
         self.running[job_id] = Running(ctx, task, time.monotonic())
@@ -166,7 +171,9 @@ class Executor:
         try:
             outcome = await self._attempt(ctx, started)
         finally:
-            self.running.pop(ctx.job_id, None)
+            current = self.running.get(ctx.job_id)
+            if current is not None and current.ctx is ctx:  # not a newer attempt's entry
+                del self.running[ctx.job_id]
             self._slot_freed.set()
         if outcome is not None and telemetry.active():
             telemetry.emit(

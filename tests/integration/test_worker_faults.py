@@ -317,3 +317,33 @@ def test_an_outage_longer_than_the_lease_rescues_no_live_workers_job(
     assert (row["attempt"], row["rescues"], row["errors"]) == (1, 0, [])
     assert len(probe.executions(job_id)) == 1
     stop_cleanly(runner, leader)
+
+
+def test_a_paused_worker_that_claims_its_rescued_job_again_keeps_the_new_lease(
+    probe: Probe, workers: StartWorker
+) -> None:
+    """The only worker of a queue is paused past its lease; the job is rescued, and after
+    SIGCONT the same worker claims it again while its stale attempt still runs (a sync
+    task: its thread cannot be stopped). The new attempt must own the job id: when the
+    stale attempt ends, the new one keeps renewing and is not rescued a second time."""
+    lease = 4.0
+    settings = {**FAST, "lease_seconds": lease}
+    runner = workers("runner", **settings, queues="slow")
+    runner.wait_registered(probe)
+    leader = workers("leader", **settings, queues="elsewhere")
+    leader.wait_registered(probe)
+    (job_id,) = insert_jobs(probe, "record_sync", queue="slow", kwargs={"seconds": 8})
+    wait_until(lambda: started_by(probe, job_id, runner), timeout=30, what="the job to start")
+
+    runner.signal(signal.SIGSTOP)
+    wait_until(
+        lambda: probe.job(job_id)["state"] == "available",
+        timeout=lease + 15,
+        what="the rescued job to be claimable again",
+    )
+    runner.signal(signal.SIGCONT)
+
+    row = probe.wait_state(job_id, "succeeded", timeout=60)
+    assert (row["attempt"], row["rescues"]) == (2, 1)
+    assert [r["attempt"] for r in probe.executions(job_id)] == [1, 2]
+    stop_cleanly(runner, leader)
