@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from unbroken.embedded import LocalServer, StopMode, ensure_embedded
+from unbroken.embedded import LocalServer, StopMode, ensure_embedded, wait_until_accepting
 
 # Everything else is left at PostgreSQL's defaults, as the embedded server runs: fsync and
 # synchronous_commit on (each commit waits for its WAL flush, which is exactly why
@@ -132,19 +132,6 @@ class BenchServer:
             "embedded default server" if self.embedded else "throwaway LocalServer (temp dir)"
         )
         return {k: found[k] for k in ("server", "binaries", *REPORTED_SETTINGS) if k in found}
-
-
-def wait_until_accepting(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with psycopg.connect(url, connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 # --- counters -----------------------------------------------------------------------------------

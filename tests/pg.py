@@ -19,7 +19,13 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from unbroken.embedded import LocalServer, PgBinaries, StopMode, find_binaries
+from unbroken.embedded import (
+    LocalServer,
+    PgBinaries,
+    StopMode,
+    find_binaries,
+    wait_until_accepting,
+)
 
 TEST_CONF = {
     "fsync": "off",
@@ -84,20 +90,6 @@ class SessionPostgres:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
-
-
-def wait_until_accepting(url: str, timeout: float = 30.0) -> None:
-    """Block until a connection to url succeeds (the server may still be recovering)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with psycopg.connect(url, connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 class Faults:

@@ -426,3 +426,20 @@ def ensure_embedded(data_dir: Path, port: int = 0) -> tuple[str, LocalServer, bo
             log.info("reusing PostgreSQL on %s (data: %s)", server.url(), data_dir)
         server.ensure_database("unbroken")
     return server.url("unbroken"), server, started
+
+
+def wait_until_accepting(url: str, timeout: float = 30.0) -> None:
+    """Block until a connection to `url` succeeds and answers (after a start, a restart or
+    crash recovery); after `timeout` seconds the last error is raised."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
