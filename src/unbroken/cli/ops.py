@@ -35,6 +35,8 @@ from rich.table import Table
 
 from unbroken import health as health_mod
 from unbroken.admin import (
+    CANCELLABLE_STATES,
+    RETRYABLE_STATES,
     BulkResult,
     JobDetail,
     JobFilter,
@@ -407,22 +409,16 @@ def jobs_retry(
     as_json: JsonOpt = False,
 ) -> None:
     """Put dead or cancelled jobs back in line now (by id, or every one a filter matches)."""
-    flt = _filter(state, queue, task, older_than, args)
-    _ids_or_filter(ids or [], flt)
-    with open_store() as store:
-        if ids:
-            done = store.job_retry(ids)
-            result = BulkResult(len(ids), len(done), done)
-        else:
-            scoped = flt.restricted_to(("dead", "cancelled"))
-            count = store.job_count(scoped)
-            if count == 0:
-                result = BulkResult(0, 0, [])
-            else:
-                _confirm(f"Retry {count} job(s): {scoped.describe()}?", yes)
-                result = _with_progress(
-                    "retrying", count, lambda p: store.job_retry_matching(flt, progress=p)
-                )
+    result = _by_ids_or_filter(
+        ids or [],
+        _filter(state, queue, task, older_than, args),
+        RETRYABLE_STATES,
+        "Retry",
+        "retrying",
+        lambda store, job_ids: store.job_retry(job_ids),
+        lambda store, flt, p: store.job_retry_matching(flt, progress=p),
+        yes,
+    )
     _report(
         result, "retried", "not dead or cancelled (or a live job holds its unique key)", as_json
     )
@@ -440,23 +436,42 @@ def jobs_cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel waiting jobs; running ones are asked to stop at their next heartbeat."""
-    flt = _filter(state, queue, task, older_than, args)
-    _ids_or_filter(ids or [], flt)
+    result = _by_ids_or_filter(
+        ids or [],
+        _filter(state, queue, task, older_than, args),
+        CANCELLABLE_STATES,
+        "Cancel",
+        "cancelling",
+        lambda store, job_ids: [i for i, _ in store.job_cancel(job_ids)],
+        lambda store, flt, p: store.job_cancel_matching(flt, progress=p),
+        yes,
+    )
+    _report(result, "cancelled", "already finished", as_json)
+
+
+def _by_ids_or_filter(
+    ids: list[int],
+    flt: JobFilter,
+    states: tuple[str, ...],
+    verb: str,
+    doing: str,
+    by_ids: Callable[[OperatorStore, list[int]], list[int]],
+    matching: Callable[[OperatorStore, JobFilter, Callable[[int], None]], BulkResult],
+    yes: bool,
+) -> BulkResult:
+    """A bulk action on the given ids, or (after a confirmation) on every job the filter
+    matches among `states`, in batches behind a progress bar."""
+    _ids_or_filter(ids, flt)
     with open_store() as store:
         if ids:
-            done = [i for i, _ in store.job_cancel(ids)]
-            result = BulkResult(len(ids), len(done), done)
-        else:
-            scoped = flt.restricted_to(("scheduled", "available", "retryable", "running"))
-            count = store.job_count(scoped)
-            if count == 0:
-                result = BulkResult(0, 0, [])
-            else:
-                _confirm(f"Cancel {count} job(s): {scoped.describe()}?", yes)
-                result = _with_progress(
-                    "cancelling", count, lambda p: store.job_cancel_matching(flt, progress=p)
-                )
-    _report(result, "cancelled", "already finished", as_json)
+            done = by_ids(store, ids)
+            return BulkResult(len(ids), len(done), done)
+        scoped = flt.restricted_to(states)
+        count = store.job_count(scoped)
+        if count == 0:
+            return BulkResult(0, 0, [])
+        _confirm(f"{verb} {count} job(s): {scoped.describe()}?", yes)
+        return _with_progress(doing, count, lambda p: matching(store, flt, p))  # type: ignore[no-any-return]
 
 
 def _report(result: BulkResult, verb: str, why_not: str, as_json: bool) -> None:
