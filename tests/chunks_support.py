@@ -20,6 +20,7 @@ from typing import Any, ParamSpec
 import psycopg
 from psycopg.rows import dict_row
 
+from proxy import Proxy
 from unbroken.context import JobContext, reset_current_job, set_current_job
 from unbroken.db._async.pool import AsyncDatabase
 from unbroken.db._sync.pool import Database
@@ -194,7 +195,7 @@ def sync_env(url: str, **overrides: Any) -> Iterator[ChunkEnv]:
         env.db.close()
 
 
-class CommitCutter:
+class CommitCutter(Proxy):
     """A TCP proxy that lets a COMMIT through to the server, then drops the connection
     before the client hears the answer: the commit happened, the client cannot know it.
 
@@ -204,48 +205,19 @@ class CommitCutter:
     _COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple-protocol message psycopg sends
 
     def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
+        super().__init__(host, port)
         self.cuts = 0
         self._armed = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="commit-cutter", daemon=True)
-        self._server: asyncio.Server | None = None
 
     def __enter__(self) -> CommitCutter:
-        self._thread.start()
-        assert self._ready.wait(5)
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        async def close() -> None:
-            assert self._server is not None
-            self._server.close()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    def url(self, dbname: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+        self.stop()
 
     def cut_next_commit(self) -> None:
         self._armed.set()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection(*self.target)

@@ -49,22 +49,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
     900,
     3600,
 )
-WAIT_BUCKETS: tuple[float, ...] = (
-    0.01,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-    300,
-    900,
-    3600,
-)
+WAIT_BUCKETS = DURATION_BUCKETS[1:]  # a wait under 10 ms is one bucket
 SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 FAILED_OUTCOMES = frozenset({"failed", "dead", "timeout"})
 
