@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from apps.harness import FAST_SETTINGS, Probe
+from ops_seed import Seeded, seed
 from pg import Faults, SessionPostgres
 from unbroken import App
 
@@ -63,3 +65,10 @@ def probe(database_url: str) -> Iterator[Probe]:
     probe = Probe(database_url)
     yield probe
     probe.close()
+
+
+@pytest.fixture
+def seeded(database_url: str) -> Seeded:
+    """The operator tests' known job table (ops_seed), in the test's database."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return seed(conn)

@@ -203,3 +203,12 @@ class _Sql(str):
 
 def _ago(text: str, plus_s: int = 0) -> _Sql:
     return _Sql(f"now() - interval '{text}' + interval '{plus_s} seconds'")
+
+
+def state_of(url: str, job_id: int) -> str | None:
+    """A job's state as another session sees it (None when it is gone)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT state::text FROM unbroken.jobs WHERE id = %s", [job_id]
+        ).fetchone()
+    return None if row is None else str(row[0])

@@ -9,6 +9,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from served import Served
 
+from ops_seed import state_of
+
 pytestmark = pytest.mark.browser
 SCREENSHOT = "/tmp/unbroken-dashboard.png"
 
@@ -28,14 +30,6 @@ def page(browser: Browser, errors: list[str]) -> Iterator[Page]:
     yield page
     context.close()
     assert errors == [], errors  # no script error, no failed resource
-
-
-def state_of(url: str, job_id: int) -> str | None:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT state::text FROM unbroken.jobs WHERE id = %s", [job_id]
-        ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def test_pages_load_with_live_data(page: Page, served: Served) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ops_seed import Seeded, seed
+from ops_seed import Seeded, state_of
 
 UNBROKEN = str(Path(sys.executable).parent / "unbroken")
 
@@ -36,20 +36,6 @@ def cli_json(url: str, *args: str) -> Any:
     result = cli(url, *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-@pytest.fixture
-def seeded(database_url: str) -> Seeded:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        return seed(conn)
-
-
-def state_of(url: str, job_id: int) -> str | None:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT state::text FROM unbroken.jobs WHERE id = %s", [job_id]
-        ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def test_every_operator_command_has_help_and_json(database_url: str) -> None:

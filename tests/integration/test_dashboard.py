@@ -22,19 +22,13 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
-from ops_seed import HOSTILE, Seeded, seed
+from ops_seed import HOSTILE, Seeded, state_of
 from unbroken.dashboard import check_bind, create_app
 from unbroken.errors import ConfigError
 from unbroken.settings import load_settings
 
 UNBROKEN = str(Path(sys.executable).parent / "unbroken")
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture
-def seeded(database_url: str) -> Seeded:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        return seed(conn)
 
 
 def make_client(url: str, **kwargs: Any) -> TestClient:
@@ -52,14 +46,6 @@ def token_from(html: str) -> str:
     match = TOKEN.search(html)
     assert match, "no CSRF field on the page"
     return match[1]
-
-
-def state_of(url: str, job_id: int) -> str | None:
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT state::text FROM unbroken.jobs WHERE id = %s", [job_id]
-        ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def test_pages_render_with_data(client: TestClient, seeded: Seeded) -> None:
