@@ -30,15 +30,14 @@ from hypothesis.stateful import (
 )
 from psycopg.types.json import Jsonb
 
-from model import NEXT_STATES, Model, NewJob, Outcome
+from model import Model, NewJob, Outcome
+from model_draws import QUEUES, WORKERS, draw_any_batch, draw_current_batch, new_jobs
 from unbroken import migrations
 from unbroken.db._sync.inserts import insert_many
 from unbroken.enqueue import JobSpec
 from unbroken.sql import queries
 
 Q = queries()
-WORKERS = ("w1", "w2")
-QUEUES = ("q1", "q2")
 HOUR = 3600.0
 MINUS_A_MINUTE = -60.0  # a lease that has already run out
 
@@ -49,15 +48,6 @@ SELECT id, queue, priority, state::text, attempt, max_attempts, unique_key, work
 FROM unbroken.jobs ORDER BY id
 """
 FULL_ROWS = b"SELECT id, to_jsonb(j) FROM unbroken.jobs AS j"
-
-new_jobs = st.builds(
-    NewJob,
-    queue=st.sampled_from(QUEUES),
-    priority=st.integers(-1, 1),
-    later=st.booleans(),
-    max_attempts=st.integers(1, 3),
-    unique_key=st.one_of(st.none(), st.sampled_from(["k1", "k2"])),
-)
 
 
 def insert_params(new: NewJob) -> dict[str, Any]:
@@ -169,38 +159,18 @@ class TransitionMachine(RuleBasedStateMachine):
         assert {r[0] for r in got} == picked
         assert {r[0]: r[4] for r in got} == {i: self.model.jobs[i].attempt for i in picked}
 
-    def outcome(self, data: st.DataObject, job_id: int, attempt: int) -> Outcome:
-        return Outcome(
-            job_id=job_id,
-            attempt=attempt,
-            state=data.draw(st.sampled_from([*NEXT_STATES, *NEXT_STATES, "running", "bogus"])),
-            later=data.draw(st.booleans()),
-            error=data.draw(st.booleans()),
-        )
-
     @precondition(lambda self: self.model.running())
     @rule(data=st.data())
     def finish_current(self, data: st.DataObject) -> None:
         """A worker reports on jobs it holds, with a stale outcome or two mixed in."""
-        holders = len({j.worker_id for j in self.model.running()})
-        worker, mine = self.model.running_by_worker(data.draw(st.integers(0, holders - 1)))
-        chosen = data.draw(st.lists(st.sampled_from(mine), min_size=1, max_size=3, unique=True))
-        outcomes = [self.outcome(data, j, self.model.jobs[j].attempt) for j in chosen]
-        for job_id in self.pick_ids(data)[:1]:
-            if job_id not in chosen:
-                job = self.model.jobs.get(job_id)
-                outcomes.append(self.outcome(data, job_id, (job.attempt if job else 1) - 1))
+        worker, outcomes = draw_current_batch(data, self.model, self.pick_ids(data))
         self.finish(worker, outcomes)
 
     @precondition(lambda self: self.model.jobs)
     @rule(worker=st.sampled_from(WORKERS), data=st.data())
     def finish_any(self, worker: str, data: st.DataObject) -> None:
         """A batch of outcomes, each current or stale (attempt, worker or state moved on)."""
-        outcomes = []
-        for job_id in self.pick_ids(data):
-            job = self.model.jobs.get(job_id)
-            attempt = (job.attempt if job else 1) + data.draw(st.sampled_from([0, 0, 1, -1]))
-            outcomes.append(self.outcome(data, job_id, attempt))
+        outcomes = draw_any_batch(data, self.model, self.pick_ids(data))
         self.finish(worker, outcomes)
 
     def finish(self, worker: str, outcomes: list[Outcome]) -> None:

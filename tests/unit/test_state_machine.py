@@ -43,19 +43,9 @@ from model import (
     NewJob,
     Outcome,
 )
+from model_draws import QUEUES, WORKERS, draw_any_batch, draw_current_batch, new_jobs
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "state_machine.md"
-WORKERS = ("w1", "w2")
-QUEUES = ("q1", "q2")
-
-new_jobs = st.builds(
-    NewJob,
-    queue=st.sampled_from(QUEUES),
-    priority=st.integers(-1, 1),
-    later=st.booleans(),
-    max_attempts=st.integers(1, 3),
-    unique_key=st.one_of(st.none(), st.sampled_from(["k1", "k2"])),
-)
 
 
 def run_to_the_end(model: Model, next_state: str, rounds: int) -> Model:
@@ -133,37 +123,17 @@ class ModelMachine(RuleBasedStateMachine):
         if picked and len(picked) < len(waiting):
             assert max(rank[i] for i in picked) < min(r for i, r in rank.items() if i not in picked)
 
-    def outcome(self, data: st.DataObject, job_id: int, attempt: int) -> Outcome:
-        return Outcome(
-            job_id=job_id,
-            attempt=attempt,
-            state=data.draw(st.sampled_from([*NEXT_STATES, *NEXT_STATES, "running", "bogus"])),
-            later=data.draw(st.booleans()),
-            error=data.draw(st.booleans()),
-        )
-
     @precondition(lambda self: self.model.running())
     @rule(data=st.data())
     def finish_current(self, data: st.DataObject) -> None:
         """A worker reports on jobs it holds, with a stale outcome mixed in."""
-        holders = len({j.worker_id for j in self.model.running()})
-        worker, mine = self.model.running_by_worker(data.draw(st.integers(0, holders - 1)))
-        chosen = data.draw(st.lists(st.sampled_from(mine), min_size=1, max_size=3, unique=True))
-        outcomes = [self.outcome(data, j, self.model.jobs[j].attempt) for j in chosen]
-        for job_id in self.pick_ids(data)[:1]:
-            if job_id not in chosen:
-                job = self.model.jobs.get(job_id)
-                outcomes.append(self.outcome(data, job_id, (job.attempt if job else 1) - 1))
+        worker, outcomes = draw_current_batch(data, self.model, self.pick_ids(data))
         self.finish(worker, outcomes)
 
     @precondition(lambda self: self.model.jobs)
     @rule(worker=st.sampled_from(WORKERS), data=st.data())
     def finish_any(self, worker: str, data: st.DataObject) -> None:
-        outcomes = []
-        for job_id in self.pick_ids(data):
-            job = self.model.jobs.get(job_id)
-            attempt = (job.attempt if job else 1) + data.draw(st.sampled_from([0, 0, 1, -1]))
-            outcomes.append(self.outcome(data, job_id, attempt))
+        outcomes = draw_any_batch(data, self.model, self.pick_ids(data))
         self.finish(worker, outcomes)
 
     def finish(self, worker: str, outcomes: list[Outcome]) -> None:
