@@ -73,6 +73,7 @@ class Task(Generic[P, R]):
         options: TaskOptions,
         enqueue_options: EnqueueOptions | None = None,
         conn: Connection[Any] | AsyncConnection[Any] | None = None,
+        check_args: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -81,7 +82,8 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self._enqueue_options = enqueue_options or EnqueueOptions()
         self._conn = conn
-        self._check_args = argument_checker(_signature_of(fn))
+        # Reading the signature is the slow part of making a Task: using() passes it on.
+        self._check_args = check_args or argument_checker(_signature_of(fn))
         self._make = JobMaker(
             task=options.name,
             check=self._check_args,
@@ -122,7 +124,14 @@ class Task(Generic[P, R]):
             unique_key=unique_key if unique_key is not None else current.unique_key,
             max_attempts=max_attempts if max_attempts is not None else current.max_attempts,
         )
-        return Task(self.app, self.fn, self.options, opts, conn if conn is not None else self._conn)
+        return Task(
+            self.app,
+            self.fn,
+            self.options,
+            opts,
+            conn if conn is not None else self._conn,
+            self._check_args,
+        )
 
     def job(self, *args: P.args, **kwargs: P.kwargs) -> JobSpec:
         """A validated job for `App.enqueue_many` (nothing is written yet)."""

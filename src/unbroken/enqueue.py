@@ -9,7 +9,6 @@ and the problem; a batch is refused whole.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -71,19 +70,13 @@ def _unencodable(obj: object) -> Any:
 # The C encoder json.dumps() uses, made once: JSONEncoder.encode() builds a new one on every
 # call, which was half the cost of task.job(). Compact, ASCII, no NaN; no circular-reference
 # bookkeeping (a cycle ends in RecursionError, caught below).
-_c_encoder = c_make_encoder(
+_encode_chunks = c_make_encoder(
     None, _unencodable, encode_basestring_ascii, None, ":", ",", False, False, False
 )
-if _c_encoder is None:  # pragma: no cover - CPython always has _json
-    _slow = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
-    def _encode(obj: Any) -> str:
-        return _slow.encode(obj)
-else:
-    _encode_chunks = _c_encoder
 
-    def _encode(obj: Any) -> str:
-        return "".join(_encode_chunks(obj, 0))
+def _encode(obj: Any) -> str:
+    return "".join(_encode_chunks(obj, 0))
 
 
 def argument_checker(
