@@ -99,21 +99,21 @@ async def raw_copy_async(url: str, rows: list[Row]) -> float:
         return time.perf_counter() - started
 
 
-def new_job(url: str) -> int:
+def new_job(url: str) -> tuple[int, str]:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
             "INSERT INTO unbroken.jobs (task, state, attempt, worker_id, lease_expires_at,"
             " attempted_at) VALUES ('bench_chunks', 'running', 1, 'bench', now() + interval"
-            " '1 hour', now()) RETURNING id"
+            " '1 hour', now()) RETURNING id, attempted_at::text"
         ).fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row[0]), str(row[1])
 
 
-def context(job_id: int, settings: Settings, **pools: Any) -> JobContext:
+def context(job: tuple[int, str], settings: Settings, **pools: Any) -> JobContext:
     return JobContext(
-        job_id=job_id, attempt=1, max_attempts=1, worker_id="bench", task="bench_chunks",
-        queue="default", args={}, checkpoint=None, chunk_size=None, rescues=0,
+        job_id=job[0], attempt=1, max_attempts=1, worker_id="bench", task="bench_chunks",
+        queue="default", args={}, checkpoint=None, chunk_size=None, rescues=0, claim=job[1],
         settings=settings, schema="unbroken", **pools,
     )  # fmt: skip
 

@@ -46,6 +46,7 @@ def _finish_params(sql: bytes, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
         "errors": [None] * n,
         "results": [None] * n,
         "runtimes": [0] * n,
+        "claims": [r[11] for r in rows],
         "worker_id": WORKER_ID,
     }
     names = {m.decode() for m in _PARAM.findall(sql)}

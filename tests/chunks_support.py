@@ -78,6 +78,7 @@ class ChunkEnv:
     url: str
     settings: Settings
     job_id: int
+    claim: str  # the row's attempted_at as text, as a claim returns it
     adb: AsyncDatabase | None = None
     db: Database | None = None
     attempt: int = 1
@@ -101,6 +102,7 @@ class ChunkEnv:
             checkpoint=None,
             chunk_size=None,
             rescues=0,
+            claim=self.claim,
             settings=self.settings,
             schema="unbroken",
             adb=self.adb,
@@ -136,18 +138,20 @@ class ChunkEnv:
 
     def new_attempt(self) -> None:
         """What a failure + retry + refetch does: the same worker runs the next attempt."""
-        self.sql(
-            "UPDATE unbroken.jobs SET attempt = attempt + 1, lease_expires_at = now() + "
-            "interval '5 minutes' WHERE id = %s",
+        (row,) = self.sql(
+            "UPDATE unbroken.jobs SET attempt = attempt + 1, attempted_at = now(),"
+            " lease_expires_at = now() + interval '5 minutes' WHERE id = %s"
+            " RETURNING attempted_at::text AS claim",
             [self.job_id],
         )
         self.attempt += 1
+        self.claim = row["claim"]
 
     def steal(self, worker_id: str = "w2") -> None:
         """What a rescue + refetch by another worker does to the job row."""
         self.sql(
             "UPDATE unbroken.jobs SET attempt = attempt + 1, worker_id = %s, rescues = rescues + 1,"
-            " lease_expires_at = now() + interval '5 minutes' WHERE id = %s",
+            " attempted_at = now(), lease_expires_at = now() + interval '5 minutes' WHERE id = %s",
             [worker_id, self.job_id],
         )
 
@@ -159,10 +163,10 @@ def make_env(url: str, **overrides: Any) -> ChunkEnv:
         row = conn.execute(
             "INSERT INTO unbroken.jobs (task, state, attempt, worker_id, lease_expires_at,"
             " attempted_at) VALUES ('etl', 'running', 1, 'w1', now() + interval '5 minutes',"
-            " now()) RETURNING id"
+            " now()) RETURNING id, attempted_at::text"
         ).fetchone()
     assert row is not None
-    return ChunkEnv(url, chunk_settings(url, **overrides), row[0])
+    return ChunkEnv(url, chunk_settings(url, **overrides), row[0], row[1])
 
 
 @contextlib.asynccontextmanager

@@ -268,7 +268,7 @@ class ChunkRun(Generic[T]):
         if retry:
             # The last try may have committed and then lost its connection before hearing
             # so: writing the chunk again would duplicate it. Ask the job row first.
-            state = yield Execute(self.queries["chunk_job_state"], {"id": self.job.job_id})
+            state = yield Execute(self.queries["chunk_job_state"], self._state_params())
             if state is not None and self._holds(state) and state[4] == pending.seq:
                 return _SETTLED
             if state is not None and self._holds(state) and state[4] < pending.seq - 1:
@@ -277,7 +277,7 @@ class ChunkRun(Generic[T]):
             yield WRITE
         row = yield Execute(self.queries["chunk_commit"], self._commit_params(pending))
         if row is None:
-            state = yield Execute(self.queries["chunk_job_state"], {"id": self.job.job_id})
+            state = yield Execute(self.queries["chunk_job_state"], self._state_params())
             raise self._why_fenced(state, pending)
         return row  # type: ignore[no-any-return]
 
@@ -297,7 +297,10 @@ class ChunkRun(Generic[T]):
     # --- resume and fencing ------------------------------------------------------------------
     def _ids(self) -> dict[str, Any]:
         j = self.job
-        return {"id": j.job_id, "attempt": j.attempt, "worker_id": j.worker_id}
+        return {"id": j.job_id, "attempt": j.attempt, "worker_id": j.worker_id, "claim": j.claim}
+
+    def _state_params(self) -> dict[str, Any]:
+        return {"id": self.job.job_id, "claim": self.job.claim}
 
     def _claim_name(self) -> None:
         runs = self.job.extra.setdefault("unbroken.chunk_runs", set())
@@ -357,11 +360,12 @@ class ChunkRun(Generic[T]):
         self.size = job_size or task_size or self.chunk_size or declared or DEFAULT_CHUNK_SIZE
 
     def _holds(self, state: tuple[Any, ...]) -> bool:
-        attempt, worker_id, job_state, lease_valid, _ = state
+        attempt, worker_id, job_state, lease_valid, _, same_claim = state
         return bool(
             attempt == self.job.attempt
             and worker_id == self.job.worker_id
             and job_state == "running"
+            and same_claim
             and lease_valid
         )
 
@@ -370,11 +374,16 @@ class ChunkRun(Generic[T]):
         head = f"job {j.job_id} attempt {j.attempt}: chunk {pending.number} rolled back"
         if state is None:
             return LeaseLost(f"{head}: the job no longer exists")
-        attempt, worker_id, job_state, lease_valid, seq = state
+        attempt, worker_id, job_state, lease_valid, seq, same_claim = state
         if (attempt, worker_id, job_state) != (j.attempt, j.worker_id, "running"):
             return LeaseLost(
                 f"{head}: the job moved on (now attempt {attempt}, state {job_state}, "
                 f"worker {worker_id})"
+            )
+        if not same_claim:
+            return LeaseLost(
+                f"{head}: the database forgot this attempt's claim (a crash before it was "
+                "flushed) and the job was claimed again"
             )
         if not lease_valid:
             return LeaseLost(f"{head}: its lease expired before the chunk could commit")

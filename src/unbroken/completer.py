@@ -40,6 +40,7 @@ class Outcome:
 
     job_id: int
     attempt: int
+    claim: str  # the attempt's claim token (JobContext.claim): fences a claim a crash forgot
     state: str  # the job's next state: succeeded retryable dead cancelled scheduled available
     kind: str  # what happened, for logs and telemetry: succeeded failed timeout dead
     #            cancelled snoozed handback
@@ -183,6 +184,7 @@ class Completer:
             "errors": errors if any(e is not None for e in errors) else None,
             "results": results if any(r is not None for r in results) else None,
             "runtimes": _int_array(o.runtime_ms for o in batch),
+            "claims": "{" + ",".join(f'"{o.claim}"' for o in batch) + "}",
             "worker_id": self._worker_id,
         }
         async with self._pool.connection() as conn:
@@ -256,6 +258,7 @@ def _without_data(outcome: Outcome, exc: BaseException) -> Outcome:
     return Outcome(
         outcome.job_id,
         outcome.attempt,
+        outcome.claim,
         outcome.state,
         outcome.kind,
         outcome.queue,

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class JobContext:
-    """The running attempt of one job. Fencing identity: (job_id, attempt, worker_id)."""
+    """The running attempt of one job. Fencing identity: (job_id, attempt, claim, worker_id)."""
 
     job_id: int
     attempt: int
@@ -34,6 +34,7 @@ class JobContext:
     checkpoint: Any  # the last committed checkpoint, None on a first run
     chunk_size: int | None  # per-job override, None when the task's default applies
     rescues: int
+    claim: str  # the claim's now() (the row's attempted_at) as text: a later claim never repeats it
     settings: Settings
     schema: str
     adb: AsyncDatabase | None = None  # the worker's async pools (async tasks)

@@ -127,7 +127,7 @@ class Executor:
         job_id, queue, task_name, args, attempt, max_attempts, _prio, checkpoint, chunk_size = row[
             :9
         ]
-        rescues, run_at = row[9], row[10]
+        rescues, run_at, claim = row[9], row[10], row[11]
         ctx = JobContext(
             job_id=job_id,
             attempt=attempt,
@@ -139,6 +139,7 @@ class Executor:
             checkpoint=checkpoint,
             chunk_size=chunk_size,
             rescues=rescues,
+            claim=claim,
             settings=self._settings,
             schema=self._settings.schema_name,
             adb=self._adb,
@@ -199,6 +200,7 @@ class Executor:
             return Outcome(
                 ctx.job_id,
                 ctx.attempt,
+                ctx.claim,
                 state,
                 kind,
                 ctx.queue,

@@ -68,11 +68,15 @@ def error_record(o: Outcome) -> str | None:
     return json.dumps({"attempt": o.attempt, "type": "E", "message": "m", "kind": "error"})
 
 
+NEVER_CLAIMED = "2000-01-01 00:00:00+00"  # any outcome carrying it is fenced
+
+
 class TransitionMachine(RuleBasedStateMachine):
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         super().__init__()
         self.conn = conn
         self.model = Model()
+        self.claims: dict[int, str] = {}  # job id -> the claim token of its latest fetch
 
     # --- plumbing ---------------------------------------------------------------------------
     def run(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -157,6 +161,7 @@ class TransitionMachine(RuleBasedStateMachine):
         )
         picked = self.model.fetch(worker, sorted(queues), limit, expired)
         assert {r[0] for r in got} == picked
+        self.claims.update({r[0]: r[11] for r in got})
         assert {r[0]: r[4] for r in got} == {i: self.model.jobs[i].attempt for i in picked}
 
     @precondition(lambda self: self.model.running())
@@ -182,6 +187,9 @@ class TransitionMachine(RuleBasedStateMachine):
             "errors": [error_record(o) for o in outcomes],
             "results": [None for _ in outcomes],
             "runtimes": [1 for _ in outcomes],
+            # The job's latest claim; the model's stale outcomes are stale by attempt, state
+            # or worker (a forgotten claim is tested in test_jobs_outcomes).
+            "claims": [self.claims.get(o.job_id, NEVER_CLAIMED) for o in outcomes],
             "worker_id": worker,
         }
         before = self.full_rows()
@@ -329,3 +337,56 @@ def test_check_constraints_refuse_impossible_rows(
         with pytest.raises(psycopg.errors.CheckViolation) as raised:
             conn.execute(b"UPDATE unbroken.jobs " + update)
         assert raised.value.diag.constraint_name == name
+
+
+def test_a_claim_the_server_forgot_fences_what_its_attempt_writes(database_url: str) -> None:
+    """A claim commits without waiting for its WAL flush, so a crash can forget it: the row
+    is back to available at the attempt before, and the same worker may claim it again, with
+    the same attempt number, while it still runs the first claim. Whatever the first claim's
+    attempt writes after that (its outcome, a chunk) must change nothing. The crash itself is
+    in test_worker_faults; this pins down each statement's fence."""
+    fetch = {"queues": ["default"], "limit": 1, "worker_id": "w1", "lease": 60.0}
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrations.migrate(conn)
+        conn.execute(b"TRUNCATE unbroken.jobs")
+        job_id = conn.execute(Q["job_insert"], insert_params(NewJob())).fetchall()[0][0]
+        [first] = conn.execute(Q["job_get_available"], fetch).fetchall()
+        # What crash recovery leaves when the claim's commit had not reached the disk.
+        conn.execute(
+            b"UPDATE unbroken.jobs SET state = 'available', attempt = 0, worker_id = NULL,"
+            b" lease_expires_at = NULL, attempted_at = NULL WHERE id = %s",
+            [job_id],
+        )
+        [second] = conn.execute(Q["job_get_available"], fetch).fetchall()
+        assert (first[0], first[4]) == (second[0], second[4]) == (job_id, 1)
+        assert first[11] != second[11]
+
+        def finish(claim: str) -> list[tuple[Any, ...]]:
+            params = {
+                "ids": [job_id], "attempts": [1], "states": ["succeeded"], "delays": [None],
+                "errors": [None], "results": ['"done"'], "runtimes": [1], "claims": [claim],
+                "worker_id": "w1",
+            }  # fmt: skip
+            return conn.execute(Q["job_finish_many"], params).fetchall()
+
+        def chunk(claim: str) -> tuple[Any, ...] | None:
+            params = {
+                "commit_mode": None, "id": job_id, "attempt": 1, "worker_id": "w1",
+                "claim": claim, "checkpoint": Jsonb(1), "progress": Jsonb({"seq": 1}),
+                "lease": 60.0, "base": 0,
+            }  # fmt: skip
+            return conn.execute(Q["chunk_commit"], params).fetchone()
+
+        def held(claim: str) -> bool:
+            ask = {"id": job_id, "attempt": 1, "worker_id": "w1", "claim": claim}
+            row = conn.execute(Q["chunk_job_get"], ask).fetchone()
+            assert row is not None
+            return bool(row[4])
+
+        before = conn.execute(FULL_ROWS).fetchall()
+        assert (held(first[11]), held(second[11])) == (False, True)
+        assert chunk(first[11]) is None
+        assert finish(first[11]) == []
+        assert conn.execute(FULL_ROWS).fetchall() == before
+        assert chunk(second[11]) is not None
+        assert finish(second[11]) == [(job_id, "succeeded", None)]

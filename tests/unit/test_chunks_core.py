@@ -50,6 +50,7 @@ def job(**changes: Any) -> JobContext:
         "checkpoint": None,
         "chunk_size": None,
         "rescues": 0,
+        "claim": "2026-11-22 10:00:00+00",
         "settings": load_settings(retry_backoff_base=0.01, retry_backoff_cap=0.01),
         "schema": "unbroken",
     }
@@ -83,7 +84,7 @@ class FakeJob:
         if query == Q["chunk_job_get"]:
             return (self.checkpoint, self.progress, self.job_size, self.task_size, self.held)
         if query == Q["chunk_job_state"]:
-            return (self.attempt, "w1", "running", self.held, self.seq)
+            return (self.attempt, "w1", "running", self.held, self.seq, True)
         assert query == Q["chunk_commit"]
         if not self.held or params["attempt"] != self.attempt or params["base"] != self.seq:
             return None

@@ -1,6 +1,6 @@
 -- Chunked runs: a chunk's data, the job's checkpoint and its progress commit in one transaction.
--- The commit is fenced twice: on the lease (this worker, this attempt, still running, lease not
--- expired) and on the job's count of committed chunks, progress.seq (no other commit since
+-- The commit is fenced twice: on the lease (this worker, this attempt and claim, still running,
+-- lease not expired) and on the job's count of committed chunks, progress.seq (no other commit since
 -- ours), so a rescued worker or a retried commit that had in fact succeeded changes nothing.
 
 -- name: chunk_job_get
@@ -10,6 +10,7 @@ SELECT j.checkpoint,
        j.chunk_size,
        (SELECT s.chunk_size FROM unbroken.task_settings AS s WHERE s.task = j.task) AS task_chunk_size,
        (j.attempt = %(attempt)s AND j.worker_id = %(worker_id)s AND j.state = 'running'
+        AND j.attempted_at = %(claim)s::timestamptz
         AND j.lease_expires_at > clock_timestamp()) AS held
 FROM unbroken.jobs AS j
 WHERE j.id = %(id)s
@@ -35,6 +36,7 @@ FROM durability
 WHERE j.id = %(id)s
   AND j.attempt = %(attempt)s
   AND j.worker_id = %(worker_id)s
+  AND j.attempted_at = %(claim)s::timestamptz
   AND j.state = 'running'
   AND j.lease_expires_at > clock_timestamp()
   AND coalesce((j.progress ->> 'seq')::bigint, 0) = %(base)s
@@ -43,12 +45,13 @@ RETURNING j.chunk_size,
               AS task_chunk_size
 
 -- name: chunk_job_state
--- Why a chunk commit changed nothing, or whether a commit whose answer was lost went through: the job's owner, lease and count of committed chunks.
+-- Why a chunk commit changed nothing, or whether a commit whose answer was lost went through: the job's owner, lease, claim and count of committed chunks.
 SELECT j.attempt,
        j.worker_id,
        j.state::text AS state,
        j.lease_expires_at > clock_timestamp() AS lease_valid,
-       coalesce((j.progress ->> 'seq')::bigint, 0) AS seq
+       coalesce((j.progress ->> 'seq')::bigint, 0) AS seq,
+       j.attempted_at IS NOT DISTINCT FROM %(claim)s::timestamptz AS same_claim
 FROM unbroken.jobs AS j
 WHERE j.id = %(id)s
 

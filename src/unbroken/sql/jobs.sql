@@ -52,6 +52,12 @@ SELECT id FROM inserted ORDER BY id
 -- and locks with SKIP LOCKED, so concurrent workers never wait on each other and no sort of
 -- the backlog is needed (a plain `queue = ANY(...)` would force one). LIMIT is the worker's
 -- free slots: nothing is claimed that cannot start at once.
+-- The claim commits without waiting for its WAL flush (a flush is most of an idle worker's
+-- enqueue-to-start time). A crash may then forget the claim, and the job is claimed again
+-- with the same attempt number, perhaps by the same worker while it still runs the first
+-- claim. So every write of an attempt is fenced by `claim` too: the claim's now() (stored
+-- as attempted_at), which no later claim can repeat. Any write an attempt commits, with
+-- its own WAL flush, makes its claim durable first (WAL is flushed in order).
 WITH picked AS (
     SELECT c.id
     FROM unnest(%(queues)s::text[]) AS q(name)
@@ -65,6 +71,9 @@ WITH picked AS (
     WHERE q.name NOT IN (SELECT name FROM unbroken.queues WHERE paused)
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s
+),
+claim AS (
+    SELECT now()::text AS token, set_config('synchronous_commit', 'off', true) AS durability
 )
 UPDATE unbroken.jobs AS j
 SET state = 'running',
@@ -72,13 +81,13 @@ SET state = 'running',
     worker_id = %(worker_id)s,
     lease_expires_at = now() + make_interval(secs => %(lease)s),
     attempted_at = now()
-FROM picked
+FROM picked, claim
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.priority,
-          j.checkpoint, j.chunk_size, j.rescues, j.run_at
+          j.checkpoint, j.chunk_size, j.rescues, j.run_at, claim.token
 
 -- name: job_finish_many
--- Record a batch of attempt outcomes; rows whose attempt, state or owner moved on are left untouched (fencing).
+-- Record a batch of attempt outcomes; rows whose attempt, claim, state or owner moved on are left untouched (fencing).
 -- The worker decides each new state (it knows the attempt and max_attempts it fetched):
 -- succeeded, retryable, dead or cancelled; scheduled (snoozed) and available (handed back
 -- at shutdown) give the attempt back. The row still has the last word, in the same
@@ -110,10 +119,10 @@ WITH updated AS (
         lease_expires_at = NULL
     FROM unnest(
         %(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(delays)s::float8[],
-        %(errors)s::jsonb[], %(results)s::jsonb[], %(runtimes)s::int[]
-    ) AS o(id, attempt, state, delay, error, result, runtime_ms)
+        %(errors)s::jsonb[], %(results)s::jsonb[], %(runtimes)s::int[], %(claims)s::timestamptz[]
+    ) AS o(id, attempt, state, delay, error, result, runtime_ms, claim)
     WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
-      AND j.worker_id = %(worker_id)s
+      AND j.worker_id = %(worker_id)s AND j.attempted_at = o.claim
     RETURNING j.id, j.state::text AS state, j.queue, j.task, o.runtime_ms
 ),
 counted AS (
