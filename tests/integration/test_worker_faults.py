@@ -320,6 +320,29 @@ def test_an_outage_longer_than_the_lease_rescues_no_live_workers_job(
     stop_cleanly(runner, leader)
 
 
+def test_a_worker_reconnects_within_its_lease_after_a_long_outage(
+    probe: Probe, workers: StartWorker, faults: Faults
+) -> None:
+    """psycopg_pool doubles its reconnect delay with no cap: after an 18 s outage its next
+    try would come some 13 s after the server is back, past the rescue grace (one lease),
+    and a fresh leader would rescue the live worker's job. The pools end each series of
+    tries after a few seconds, so the worker is back and renews first."""
+    lease = 8.0
+    settings = {**FAST, "lease_seconds": lease}
+    runner = workers("runner", **settings, queues="slow")
+    runner.wait_registered(probe)
+    (job_id,) = insert_jobs(probe, "record", queue="slow", kwargs={"seconds": 32})
+    wait_until(lambda: started_by(probe, job_id, runner), timeout=30, what="the job to start")
+
+    faults.stop_for(18, "fast")
+    leader = workers("leader", **settings, queues="elsewhere")  # ready to rescue at once
+
+    row = probe.wait_state(job_id, ("succeeded", "retryable", "available"), timeout=60)
+    assert (row["state"], row["attempt"], row["rescues"]) == ("succeeded", 1, 0)
+    assert len(probe.executions(job_id)) == 1
+    stop_cleanly(runner, leader)
+
+
 def test_a_paused_worker_that_claims_its_rescued_job_again_keeps_the_new_lease(
     probe: Probe, workers: StartWorker
 ) -> None:

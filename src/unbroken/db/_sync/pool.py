@@ -42,6 +42,12 @@ from unbroken.settings import Settings
 
 T = TypeVar("T")
 logger = logging.getLogger("unbroken.db")
+# psycopg_pool doubles the delay between reconnect attempts with no cap, until it gives up
+# after `reconnect_timeout`: after a 45 s outage its next attempt came 13 s after the server
+# was back (measured), and after a longer one it can come later than a lease, so a live
+# worker's jobs get rescued. Ending each series of attempts early keeps the gaps short; the
+# next checkout starts a new series at once.
+RECONNECT_SERIES_SECONDS = 6.0
 
 
 class RolePool:
@@ -73,6 +79,7 @@ class RolePool:
             timeout=settings.pool_acquire_timeout,
             max_lifetime=settings.pool_max_lifetime,
             max_idle=settings.pool_max_idle,
+            reconnect_timeout=RECONNECT_SERIES_SECONDS,
         )
 
     def _configure(self, conn: Connection[Any]) -> None:
