@@ -96,5 +96,8 @@ class Producer:
             "lease": self._lease,
         }
         async with self._pool.connection() as conn:
-            cur = await conn.execute(self._sql, params, prepare=False)
+            # Prepared (after psycopg's threshold; never behind PgBouncer in transaction mode):
+            # planning was a third of an idle worker's fetch, and the cached plan claims a
+            # batch of 1,000 as fast as a fresh one (measured), unlike job_finish_many's.
+            cur = await conn.execute(self._sql, params)
             return await cur.fetchall()
