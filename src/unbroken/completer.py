@@ -84,9 +84,9 @@ class Completer:
         self._buffer.append(outcome)
         self._has_items.set()
 
-    def pending(self) -> list[tuple[int, int]]:
-        """(job id, attempt) of outcomes not yet written: their leases must stay renewed."""
-        return [(o.job_id, o.attempt) for o in self._buffer]
+    def pending(self) -> list[tuple[int, int, str]]:
+        """(job id, attempt, claim) of outcomes not yet written: their leases must stay renewed."""
+        return [(o.job_id, o.attempt, o.claim) for o in self._buffer]
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -184,7 +184,7 @@ class Completer:
             "errors": errors if any(e is not None for e in errors) else None,
             "results": results if any(r is not None for r in results) else None,
             "runtimes": _int_array(o.runtime_ms for o in batch),
-            "claims": "{" + ",".join(f'"{o.claim}"' for o in batch) + "}",
+            "claims": claim_array(o.claim for o in batch),
             "worker_id": self._worker_id,
         }
         async with self._pool.connection() as conn:
@@ -243,6 +243,11 @@ class Completer:
 
 def _int_array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
+
+
+def claim_array(claims: Iterable[str]) -> str:
+    """Claim tokens as one array literal (timestamps as the server printed them)."""
+    return "{" + ",".join(f'"{c}"' for c in claims) + "}"
 
 
 def _without_data(outcome: Outcome, exc: BaseException) -> Outcome:

@@ -118,9 +118,9 @@ class Executor:
         self._fetching_stopped = True
         self._slot_freed.set()
 
-    def held(self) -> list[tuple[int, int]]:
-        """(job id, attempt) of every job running here."""
-        return [(job_id, r.ctx.attempt) for job_id, r in self.running.items()]
+    def held(self) -> list[tuple[int, int, str]]:
+        """(job id, attempt, claim) of every job running here."""
+        return [(job_id, r.ctx.attempt, r.ctx.claim) for job_id, r in self.running.items()]
 
     # --- running jobs ------------------------------------------------------------------------
     def start(self, row: tuple[Any, ...]) -> None:

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from unbroken import telemetry
-from unbroken.completer import Completer
+from unbroken.completer import Completer, claim_array
 from unbroken.db._async.pool import AsyncRolePool
 from unbroken.executor import Executor
 from unbroken.sql import Queries
@@ -79,8 +79,9 @@ class LeaseKeeper:
         held = running + self._completer.pending()
         started = time.monotonic()
         params = {
-            "ids": [job_id for job_id, _ in held],
-            "attempts": [attempt for _, attempt in held],
+            "ids": [job_id for job_id, _, _ in held],
+            "attempts": [attempt for _, attempt, _ in held],
+            "claims": claim_array(claim for _, _, claim in held),
             "lease": self._lease,
             "worker_id": self._worker_id,
         }
@@ -95,8 +96,8 @@ class LeaseKeeper:
         for job_id, cancel_requested in rows:
             if cancel_requested:
                 self._executor.mark_cancel_requested(job_id)
-        for job_id, attempt in running:
-            # Only a job still running here with the same attempt can have lost its lease.
+        for job_id, _, claim in running:
+            # Only a job still running here under the same claim can have lost its lease.
             current = self._executor.running.get(job_id)
-            if job_id not in renewed and current is not None and current.ctx.attempt == attempt:
+            if job_id not in renewed and current is not None and current.ctx.claim == claim:
                 self._executor.mark_lease_lost(job_id)

@@ -3,8 +3,7 @@
 Settings come from UNBROKEN_* variables (the test sets the database and short leases).
 `record` and `record_sync` write one row per execution into `executions` (created by the
 test in the same database) before they do anything else, so a test can tell which
-process ran which attempt of which job, and how many times. `gated_sync` keeps its notes
-in files instead, for a test that must not have the task commit anything.
+process ran which attempt of which job, and how many times.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -103,22 +101,3 @@ def record_sync(seconds: float = 0.0, once: bool = False) -> dict[str, Any]:
     if seconds and not (once and earlier):
         time.sleep(seconds)
     return _answer()
-
-
-@app.task(name="gated_sync")
-def gated_sync(folder: str) -> dict[str, Any]:
-    """Note this run as `folder/run-<n>` (its attempt), then wait for `folder/release-<n>`.
-
-    Nothing goes to the database: any commit would flush the WAL, and with it the claim
-    a test wants the server to forget in a crash."""
-    job = current_job()
-    gate = Path(folder)
-    run = len(list(gate.glob("run-*"))) + 1
-    (gate / f"run-{run}").write_text(str(job.attempt))
-    release = gate / f"release-{run}"
-    deadline = time.monotonic() + 120
-    while not release.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{release} never appeared")
-        time.sleep(0.01)
-    return {"run": run, "attempt": job.attempt}

@@ -188,7 +188,7 @@ class TransitionMachine(RuleBasedStateMachine):
             "results": [None for _ in outcomes],
             "runtimes": [1 for _ in outcomes],
             # The job's latest claim; the model's stale outcomes are stale by attempt, state
-            # or worker (a forgotten claim is tested in test_jobs_outcomes).
+            # or worker (a forgotten claim is tested below).
             "claims": [self.claims.get(o.job_id, NEVER_CLAIMED) for o in outcomes],
             "worker_id": worker,
         }
@@ -224,6 +224,7 @@ class TransitionMachine(RuleBasedStateMachine):
             {
                 "ids": [h[0] for h in held],
                 "attempts": [h[1] for h in held],
+                "claims": [self.claims.get(h[0], NEVER_CLAIMED) for h in held],
                 "lease": MINUS_A_MINUTE if expired else HOUR,
                 "worker_id": worker,
             },
@@ -339,12 +340,11 @@ def test_check_constraints_refuse_impossible_rows(
         assert raised.value.diag.constraint_name == name
 
 
-def test_a_claim_the_server_forgot_fences_what_its_attempt_writes(database_url: str) -> None:
-    """A claim commits without waiting for its WAL flush, so a crash can forget it: the row
-    is back to available at the attempt before, and the same worker may claim it again, with
-    the same attempt number, while it still runs the first claim. Whatever the first claim's
-    attempt writes after that (its outcome, a chunk) must change nothing. The crash itself is
-    in test_worker_faults; this pins down each statement's fence."""
+def test_a_claim_the_database_forgot_fences_what_its_attempt_writes(database_url: str) -> None:
+    """A database that forgets an acknowledged claim (a failover to a replica that lagged)
+    leaves the row available at the attempt before, and the same worker may claim it again,
+    with the same attempt number, while it still runs the first claim. Whatever the first
+    claim's attempt writes after that (a renewal, a chunk, its outcome) must change nothing."""
     fetch = {"queues": ["default"], "limit": 1, "worker_id": "w1", "lease": 60.0}
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrations.migrate(conn)
@@ -377,6 +377,11 @@ def test_a_claim_the_server_forgot_fences_what_its_attempt_writes(database_url: 
             }  # fmt: skip
             return conn.execute(Q["chunk_commit"], params).fetchone()
 
+        def renew(claim: str) -> list[tuple[Any, ...]]:
+            params = {"ids": [job_id], "attempts": [1], "claims": [claim], "lease": 60.0,
+                      "worker_id": "w1"}  # fmt: skip
+            return conn.execute(Q["lease_renew_many"], params).fetchall()
+
         def held(claim: str) -> bool:
             ask = {"id": job_id, "attempt": 1, "worker_id": "w1", "claim": claim}
             row = conn.execute(Q["chunk_job_get"], ask).fetchone()
@@ -385,8 +390,10 @@ def test_a_claim_the_server_forgot_fences_what_its_attempt_writes(database_url: 
 
         before = conn.execute(FULL_ROWS).fetchall()
         assert (held(first[11]), held(second[11])) == (False, True)
+        assert renew(first[11]) == []
         assert chunk(first[11]) is None
         assert finish(first[11]) == []
         assert conn.execute(FULL_ROWS).fetchall() == before
+        assert renew(second[11]) == [(job_id, False)]
         assert chunk(second[11]) is not None
         assert finish(second[11]) == [(job_id, "succeeded", None)]

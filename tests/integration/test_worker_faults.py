@@ -16,7 +16,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from apps.harness import Probe, WorkerProcess, insert_jobs, wait_until, worker_processes
 from pg import Faults
@@ -371,69 +370,3 @@ def test_a_paused_worker_that_claims_its_rescued_job_again_keeps_the_new_lease(
     assert (row["attempt"], row["rescues"]) == (2, 1)
     assert [r["attempt"] for r in probe.executions(job_id)] == [1, 2]
     stop_cleanly(runner, leader)
-
-
-def test_a_claim_the_server_forgot_in_a_crash_cannot_finish_its_job_claimed_again(
-    probe: Probe, workers: StartWorker, faults: Faults, tmp_path: Path
-) -> None:
-    """A claim commits without waiting for its WAL flush. The server crashes before anything
-    flushed it: the job is claimable again at the same attempt number, and its worker, still
-    running the first claim (a sync task: its thread cannot be stopped), claims it again.
-    The first run's outcome must change nothing; the job ends with the second run's."""
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    with psycopg.connect(faults.pg.admin_url, autocommit=True) as conn:
-        # The WAL writer flushes every wal_writer_delay: make the window a crash can hit wide.
-        conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
-        conn.execute("SELECT pg_reload_conf()")
-    try:
-        runner = workers("runner", **{**FAST, "lease_seconds": 30.0}, queues="gated")
-        runner.wait_registered(probe)
-        job_id, run = _crash_before_the_claim_is_flushed(probe, runner, faults, gate)
-    finally:
-        faults.pg.ensure_up()
-        with psycopg.connect(faults.pg.admin_url, autocommit=True) as conn:
-            conn.execute("ALTER SYSTEM RESET wal_writer_delay")
-            conn.execute("SELECT pg_reload_conf()")
-
-    runner.signal(signal.SIGCONT)
-    wait_until((gate / f"run-{run + 1}").exists, timeout=60, what="the job to be claimed again")
-    assert [(gate / f"run-{n}").read_text() for n in (run, run + 1)] == ["1", "1"]
-    (gate / f"release-{run}").touch()  # the forgotten claim's run ends and reports
-    wait_until(
-        lambda: f"job {job_id} attempt 1: outcome succeeded not recorded" in runner.log_flat(),
-        timeout=30,
-        what="the first run's outcome to be refused",
-    )
-    assert probe.job(job_id)["state"] == "running"
-    (gate / f"release-{run + 1}").touch()
-    row = probe.wait_state(job_id, "succeeded", timeout=30)
-    assert (row["attempt"], row["result"]) == (1, {"run": run + 1, "attempt": 1})
-    stop_cleanly(runner)
-
-
-def _crash_before_the_claim_is_flushed(
-    probe: Probe, runner: WorkerProcess, faults: Faults, gate: Path
-) -> tuple[int, int]:
-    """Crash the server (immediate stop) while the runner is held right after claiming a
-    job; returns the job and its run number once the server has forgotten the claim. Any
-    commit in between (the runner's leader term, a checkpoint) flushes the claim first:
-    then that run is let finish, and it is tried again with a new job."""
-    # The session server commits asynchronously by default (for speed): the job's insert
-    # must survive the crash.
-    durable = Probe(make_conninfo(probe.url, options="-c synchronous_commit=on"))
-    for run in range(1, 7, 2):
-        (job_id,) = insert_jobs(durable, "gated_sync", queue="gated", kwargs={"folder": str(gate)})
-        started = gate / f"run-{run}"
-        wait_until(started.exists, timeout=30, what="the job to start", interval=0.002)
-        runner.signal(signal.SIGSTOP)
-        faults.stop("immediate")
-        faults.start()
-        if probe.job(job_id)["state"] == "available":
-            durable.close()
-            return job_id, run
-        runner.signal(signal.SIGCONT)
-        (gate / f"release-{run}").touch()
-        probe.wait_state(job_id, "succeeded", timeout=60)
-        (gate / f"run-{run + 1}").write_text("skipped")  # keep run numbers in step
-    raise AssertionError("the server flushed every claim before the crash, three times")

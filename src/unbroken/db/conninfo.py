@@ -32,9 +32,10 @@ def connection_kwargs(settings: Settings, *, role: str) -> dict[str, Any]:
     """Keyword arguments for psycopg.connect() beyond the conninfo itself."""
     options = []
     if role not in USER_ROLES:
-        # An acknowledged outcome, lease renewal or admin change must survive a crash, even
-        # where the server's default is synchronous_commit off. Only the claim opts out (in
-        # job_get_available, per transaction): a claim a crash forgets is fenced by its token.
+        # An acknowledged claim or outcome must survive a crash: with synchronous_commit off
+        # the server could forget a claim and hand the job out again while its first run
+        # goes on (the claim token fences that run's writes, not what it does elsewhere).
+        # Our batches commit rarely, so waiting costs little.
         options.append("-c synchronous_commit=on")
     if settings.statement_timeout:
         options.append(f"-c statement_timeout={int(settings.statement_timeout * 1000)}")

@@ -52,12 +52,11 @@ SELECT id FROM inserted ORDER BY id
 -- and locks with SKIP LOCKED, so concurrent workers never wait on each other and no sort of
 -- the backlog is needed (a plain `queue = ANY(...)` would force one). LIMIT is the worker's
 -- free slots: nothing is claimed that cannot start at once.
--- The claim commits without waiting for its WAL flush (a flush is most of an idle worker's
--- enqueue-to-start time). A crash may then forget the claim, and the job is claimed again
--- with the same attempt number, perhaps by the same worker while it still runs the first
--- claim. So every write of an attempt is fenced by `claim` too: the claim's now() (stored
--- as attempted_at), which no later claim can repeat. Any write an attempt commits, with
--- its own WAL flush, makes its claim durable first (WAL is flushed in order).
+-- `claim` is the claim's token: its now(), stored as attempted_at, which no later claim can
+-- repeat. Every write of the attempt is fenced by it as well as by attempt and worker: a
+-- database that forgets an acknowledged claim (a failover to a replica that lagged, a
+-- server run with fsync or synchronous_commit off) hands the job out again at the same
+-- attempt number, perhaps to the same worker while it still runs the first claim.
 WITH picked AS (
     SELECT c.id
     FROM unnest(%(queues)s::text[]) AS q(name)
@@ -72,9 +71,7 @@ WITH picked AS (
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s
 ),
-claim AS (
-    SELECT now()::text AS token, set_config('synchronous_commit', 'off', true) AS durability
-)
+claim AS (SELECT now()::text AS token)
 UPDATE unbroken.jobs AS j
 SET state = 'running',
     attempt = j.attempt + 1,
@@ -152,8 +149,8 @@ WITH beat AS (
 )
 UPDATE unbroken.jobs AS j
 SET lease_expires_at = now() + make_interval(secs => %(lease)s)
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS h(id, attempt)
-WHERE j.id = h.id AND j.attempt = h.attempt AND j.state = 'running'
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(claims)s::timestamptz[]) AS h(id, attempt, claim)
+WHERE j.id = h.id AND j.attempt = h.attempt AND j.attempted_at = h.claim AND j.state = 'running'
   AND j.worker_id = %(worker_id)s
 RETURNING j.id, j.cancel_requested
 
