@@ -361,11 +361,12 @@ def test_a_claim_the_database_forgot_fences_what_its_attempt_writes(database_url
         assert (first[0], first[4]) == (second[0], second[4]) == (job_id, 1)
         assert first[11] != second[11]
 
-        def finish(claim: str) -> list[tuple[Any, ...]]:
+        def finish(*claims: str) -> list[tuple[Any, ...]]:
+            n = len(claims)
             params = {
-                "ids": [job_id], "attempts": [1], "states": ["succeeded"], "delays": [None],
-                "errors": [None], "results": ['"done"'], "runtimes": [1], "claims": [claim],
-                "worker_id": "w1",
+                "ids": [job_id] * n, "attempts": [1] * n, "states": ["succeeded"] * n,
+                "delays": [None] * n, "errors": [None] * n, "results": ['"done"'] * n,
+                "runtimes": [1] * n, "claims": list(claims), "worker_id": "w1",
             }  # fmt: skip
             return conn.execute(Q["job_finish_many"], params).fetchall()
 
@@ -396,4 +397,5 @@ def test_a_claim_the_database_forgot_fences_what_its_attempt_writes(database_url
         assert conn.execute(FULL_ROWS).fetchall() == before
         assert renew(second[11]) == [(job_id, False)]
         assert chunk(second[11]) is not None
-        assert finish(second[11]) == [(job_id, "succeeded", None)]
+        # Both runs' outcomes in one batch: only the second one's (2nd in the batch) counts.
+        assert finish(first[11], second[11]) == [(job_id, "succeeded", None, 2)]

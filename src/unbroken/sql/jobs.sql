@@ -117,10 +117,10 @@ WITH updated AS (
     FROM unnest(
         %(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(delays)s::float8[],
         %(errors)s::jsonb[], %(results)s::jsonb[], %(runtimes)s::int[], %(claims)s::timestamptz[]
-    ) AS o(id, attempt, state, delay, error, result, runtime_ms, claim)
+    ) WITH ORDINALITY AS o(id, attempt, state, delay, error, result, runtime_ms, claim, n)
     WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
       AND j.worker_id = %(worker_id)s AND j.attempted_at = o.claim
-    RETURNING j.id, j.state::text AS state, j.queue, j.task, o.runtime_ms
+    RETURNING j.id, j.state::text AS state, j.queue, j.task, o.runtime_ms, o.n
 ),
 counted AS (
     INSERT INTO unbroken.stats_minutely AS s (minute, queue, task, succeeded, failed, dead, runtime_ms)
@@ -138,7 +138,8 @@ counted AS (
 )
 -- A job handed back at shutdown can run now: wake the workers of its queue, or it would
 -- wait for their next poll (the server sends one notification per queue per transaction).
-SELECT id, state, CASE WHEN state = 'available' THEN pg_notify('unbroken.jobs', queue) END
+-- `n` is the outcome's place in the batch: two outcomes of one job (two claims) can share one.
+SELECT id, state, CASE WHEN state = 'available' THEN pg_notify('unbroken.jobs', queue) END, n
 FROM updated
 
 -- name: lease_renew_many
