@@ -310,7 +310,11 @@ class App:
                     db = Database(target.conninfo, self.settings)
                     db.pool("api", min_size=0)
                     db.open()
-                    self.migrate()
+                    try:
+                        self.migrate()
+                    except BaseException:
+                        db.close()  # or every later call would open (and leak) another
+                        raise
                     self._db = db
         return self._db
 
@@ -325,7 +329,11 @@ class App:
                     adb = AsyncDatabase(target.conninfo, self.settings)
                     adb.pool("api", min_size=0)
                     await adb.open()
-                    await asyncio.to_thread(self.migrate)
+                    try:
+                        await asyncio.to_thread(self.migrate)
+                    except BaseException:
+                        await adb.close()
+                        raise
                     self._adb = adb
         return self._adb
 
@@ -384,7 +392,7 @@ class App:
     def _ids_op(self, query: str, job_ids: Sequence[int]) -> dict[int, str]:
         def run(conn: Connection[Any]) -> dict[int, str]:
             rows = conn.execute(self.queries[query], {"ids": list(job_ids)}).fetchall()
-            return {row[0]: (row[1] if len(row) > 1 else "available") for row in rows}
+            return {row[0]: row[1] for row in rows}
 
         return self.database().pool("api").run(run, transaction=False)
 

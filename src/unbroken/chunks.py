@@ -525,6 +525,7 @@ def run_chunks_sync(
         steps.close()
         _close(it, loop)
         if loop is not None:
+            loop.run_until_complete(loop.shutdown_asyncgens())  # the source's own generators
             loop.close()
 
 

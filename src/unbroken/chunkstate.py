@@ -128,10 +128,8 @@ class PendingChunk(Generic[T]):
     items: list[T]  # the valid items, for the write function
     seq: int  # the job's commit count once this chunk is committed (the fence expects seq - 1)
     base: int  # position (items consumed) before this chunk
-    position: int  # position once this chunk is committed
     checkpoint: Any
     failed: int  # items of this chunk that failed validation
-    errors: list[dict[str, Any]]
     done: bool  # the source ended: this commit finishes the run
     progress: dict[str, Any]  # jobs.progress once committed
 
@@ -179,7 +177,6 @@ class ChunkRun(Generic[T]):
         self.seq = 0  # commits of chunks in this job, over all its runs: what the fence checks
         self.finished: dict[str, dict[str, Any]] = {}  # this job's earlier runs, by name
         self.checkpoint: Any = None
-        self.page_skip = 0
         self.done = False
         self.errors: list[dict[str, Any]] = []
         self.size = DEFAULT_CHUNK_SIZE  # until the job row is read
@@ -340,13 +337,13 @@ class ChunkRun(Generic[T]):
         self.chunks = int(p.get("chunks", 0))
         self.errors = list(p.get("errors", []))
         self.done = bool(p.get("done", False))
-        self.page_skip = int(p.get("page_skip", 0))
+        page_skip = int(p.get("page_skip", 0))
         if self.total is None:
             self.total = p.get("total")
         self.checkpoint = self.seek = self._page_before = self._page_after = checkpoint
         # A seekable source starts at the checkpoint (only a page's done items remain to
         # skip); any other source starts from the beginning and everything done is skipped.
-        self._skip = self.page_skip if self.seekable else self.position
+        self._skip = page_skip if self.seekable else self.position
         self._resize(job_size, task_size)
         self._started = self.clock()
         self._mode, self._exhausted, self._has_last = None, False, False
@@ -610,10 +607,8 @@ class ChunkRun(Generic[T]):
             items=self._items,
             seq=self.seq + 1,
             base=self.position,
-            position=position,
             checkpoint=checkpoint,
             failed=self._chunk_failed,
-            errors=self._chunk_errors,
             done=done,
             progress=progress,
         )
@@ -622,7 +617,7 @@ class ChunkRun(Generic[T]):
         p = pending.progress
         self.position, self.processed, self.failed = p["position"], p["processed"], p["failed"]
         self.chunks, self.errors, self.done = p["chunks"], p["errors"], pending.done
-        self.checkpoint, self.page_skip = pending.checkpoint, p["page_skip"]
+        self.checkpoint = pending.checkpoint
         self.seq, self.finished = p["seq"], p["finished"]
         self.job.checkpoint = pending.checkpoint  # task code sees the committed checkpoint
         if row:  # a settled commit (row == ()) tells nothing new about sizes

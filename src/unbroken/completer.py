@@ -16,7 +16,6 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ import psycopg
 
 from unbroken import telemetry
 from unbroken.db._async.pool import AsyncRolePool
+from unbroken.db.arrays import claim_array, float_array, int_array, word_array
 from unbroken.db.backoff import Backoff, BackoffPolicy
 from unbroken.db.classify import is_transient
 from unbroken.sql import Queries
@@ -170,21 +170,18 @@ class Completer:
 
     async def _write(self, batch: list[Outcome]) -> set[int]:
         """Write a batch; returns the places (from 1) of the outcomes that were recorded."""
-        # Plain columns go as array literals built with one join each: psycopg adapting a
-        # thousand-element list value by value was the worker's largest single cost.
-        # jsonb columns are lists, usually all None (then one NULL stands for the array).
+        # Plain columns go as array literals (db/arrays.py); jsonb columns are lists,
+        # usually all None (then one NULL stands for the array).
         errors = [o.error for o in batch]
         results = [o.result for o in batch]
         params = {
-            "ids": _int_array(o.job_id for o in batch),
-            "attempts": _int_array(o.attempt for o in batch),
-            "states": "{" + ",".join(o.state for o in batch) + "}",
-            "delays": "{"
-            + ",".join("NULL" if o.delay is None else repr(o.delay) for o in batch)
-            + "}",
+            "ids": int_array(o.job_id for o in batch),
+            "attempts": int_array(o.attempt for o in batch),
+            "states": word_array(o.state for o in batch),
+            "delays": float_array(o.delay for o in batch),
             "errors": errors if any(e is not None for e in errors) else None,
             "results": results if any(r is not None for r in results) else None,
-            "runtimes": _int_array(o.runtime_ms for o in batch),
+            "runtimes": int_array(o.runtime_ms for o in batch),
             "claims": claim_array(o.claim for o in batch),
             "worker_id": self._worker_id,
         }
@@ -240,15 +237,6 @@ class Completer:
                     o.attempt,
                     o.kind,
                 )
-
-
-def _int_array(values: Iterable[int]) -> str:
-    return "{" + ",".join(map(str, values)) + "}"
-
-
-def claim_array(claims: Iterable[str]) -> str:
-    """Claim tokens as one array literal (timestamps as the server printed them)."""
-    return "{" + ",".join(f'"{c}"' for c in claims) + "}"
 
 
 def _without_data(outcome: Outcome, exc: BaseException) -> Outcome:

@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 from unbroken import telemetry
-from unbroken.completer import Completer, claim_array
+from unbroken.completer import Completer
 from unbroken.db._async.pool import AsyncRolePool
+from unbroken.db.arrays import claim_array, int_array
 from unbroken.executor import Executor
 from unbroken.sql import Queries
 
@@ -79,8 +80,8 @@ class LeaseKeeper:
         held = running + self._completer.pending()
         started = time.monotonic()
         params = {
-            "ids": [job_id for job_id, _, _ in held],
-            "attempts": [attempt for _, attempt, _ in held],
+            "ids": int_array(job_id for job_id, _, _ in held),
+            "attempts": int_array(attempt for _, attempt, _ in held),
             "claims": claim_array(claim for _, _, claim in held),
             "lease": self._lease,
             "worker_id": self._worker_id,

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from unbroken.db.deadline import deadline
-
 if TYPE_CHECKING:
     from sqlalchemy import Connection as SAConnection
     from sqlalchemy import Engine
@@ -96,20 +94,12 @@ def _temp_name() -> str:
     return f"unbroken_upsert_{next(_temp_names)}"
 
 
-def _deadline_of(conn: Any) -> float:
-    # COPY does not go through Cursor.execute, so it gets the pool's deadline here.
-    return float(getattr(conn, "statement_deadline", 300.0))
-
-
 # --- sync ------------------------------------------------------------------------------------
 def copy_rows(conn: psycopg.Connection[Any], table: str, columns: Sequence[str], rows: Rows) -> int:
     """COPY `rows` into `table`; returns how many were sent."""
     sent = 0
-    with (
-        deadline(conn, _deadline_of(conn)),
-        conn.cursor() as cur,
-        cur.copy(copy_statement(table, columns)) as copy,
-    ):
+    # On the runtime's connections every statement, COPY included, has the pool's deadline.
+    with conn.cursor() as cur, cur.copy(copy_statement(table, columns)) as copy:
         for row in rows:
             copy.write_row(row)
             sent += 1
@@ -130,7 +120,7 @@ def upsert_rows(
     Returns the number of rows inserted or updated. Runs inside the caller's transaction.
     """
     create, copy_sql, merge = upsert_statements(table, columns, key, update, _temp_name())
-    with deadline(conn, _deadline_of(conn)), conn.cursor() as cur:
+    with conn.cursor() as cur:
         cur.execute(create)
         with cur.copy(copy_sql) as copy:
             for seq, row in enumerate(rows):
@@ -145,11 +135,10 @@ async def copy_rows_async(
 ) -> int:
     """`copy_rows` for an async connection."""
     sent = 0
-    with deadline(conn, _deadline_of(conn)):
-        async with conn.cursor() as cur, cur.copy(copy_statement(table, columns)) as copy:
-            for row in rows:
-                await copy.write_row(row)
-                sent += 1
+    async with conn.cursor() as cur, cur.copy(copy_statement(table, columns)) as copy:
+        for row in rows:
+            await copy.write_row(row)
+            sent += 1
     return sent
 
 
@@ -164,14 +153,13 @@ async def upsert_rows_async(
 ) -> int:
     """`upsert_rows` for an async connection."""
     create, copy_sql, merge = upsert_statements(table, columns, key, update, _temp_name())
-    with deadline(conn, _deadline_of(conn)):
-        async with conn.cursor() as cur:
-            await cur.execute(create)
-            async with cur.copy(copy_sql) as copy:
-                for seq, row in enumerate(rows):
-                    await copy.write_row((*row, seq))
-            await cur.execute(merge)
-            return cur.rowcount
+    async with conn.cursor() as cur:
+        await cur.execute(create)
+        async with cur.copy(copy_sql) as copy:
+            for seq, row in enumerate(rows):
+                await copy.write_row((*row, seq))
+        await cur.execute(merge)
+        return cur.rowcount
 
 
 # --- SQLAlchemy ------------------------------------------------------------------------------

@@ -211,6 +211,25 @@ def test_statement_deadline_ends_a_blackholed_query(database_url: str, pg_server
         proxy.stop()
 
 
+def test_statement_deadline_ends_a_blackholed_copy(database_url: str, pg_server: Any) -> None:
+    """COPY does not go through execute(): the pools' cursors give it the deadline too, so
+    a bulk enqueue or a chunk's COPY cannot hang on a dead network either."""
+    from proxy import Proxy
+
+    dbname = database_url.rsplit("/", 1)[1]
+    proxy = Proxy("127.0.0.1", pg_server.server.port).start()
+    try:
+        s = settings(statement_deadline=1.0, pool_min_size=1, retry_attempts=1)
+        with RolePool("api", proxy.url(dbname), s) as pool, pool.connection() as conn:
+            conn.execute("CREATE TABLE copied (n int)")
+            proxy.blackhole()
+            with pytest.raises(StatementDeadline):  # noqa: SIM117 (the COPY block is the statement)
+                with conn.cursor() as cur, cur.copy("COPY copied (n) FROM STDIN") as copy:
+                    copy.write_row((1,))
+    finally:
+        proxy.stop()
+
+
 def test_async_statement_deadline(database_url: str, pg_server: Any) -> None:
     from proxy import Proxy
 

@@ -17,11 +17,13 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.abc import Params, Query
+from psycopg.copy import AsyncCopy, AsyncWriter, Copy, Writer
 from psycopg.rows import Row
 
 from unbroken.errors import StatementDeadline
@@ -121,7 +123,10 @@ def deadline(
 
 
 class DeadlineCursor(psycopg.Cursor[Row]):
-    """A cursor whose execute/executemany give up after the connection's deadline."""
+    """A cursor whose execute/executemany/copy give up after the connection's deadline.
+
+    A COPY is one statement from start to the server's answer, so the deadline covers the
+    whole block: the rows the caller writes in it too."""
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> DeadlineCursor[Row]:
         with deadline(self._conn, _seconds(self._conn)):
@@ -131,6 +136,16 @@ class DeadlineCursor(psycopg.Cursor[Row]):
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
         with deadline(self._conn, _seconds(self._conn)):
             super().executemany(query, params_seq, **kwargs)
+
+    @contextmanager
+    def copy(
+        self, statement: Query, params: Params | None = None, *, writer: Writer | None = None
+    ) -> Iterator[Copy]:
+        with (
+            deadline(self._conn, _seconds(self._conn)),
+            super().copy(statement, params, writer=writer) as copy,
+        ):
+            yield copy
 
 
 class AsyncDeadlineCursor(psycopg.AsyncCursor[Row]):
@@ -144,6 +159,14 @@ class AsyncDeadlineCursor(psycopg.AsyncCursor[Row]):
     async def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
         with deadline(self._conn, _seconds(self._conn)):
             await super().executemany(query, params_seq, **kwargs)
+
+    @asynccontextmanager
+    async def copy(
+        self, statement: Query, params: Params | None = None, *, writer: AsyncWriter | None = None
+    ) -> AsyncIterator[AsyncCopy]:
+        with deadline(self._conn, _seconds(self._conn)):
+            async with super().copy(statement, params, writer=writer) as copy:
+                yield copy
 
 
 def _seconds(conn: Any) -> float:

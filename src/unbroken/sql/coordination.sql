@@ -33,10 +33,6 @@ DELETE FROM unbroken.leaders WHERE name = %(name)s AND holder = %(holder)s
 INSERT INTO unbroken.queues (name, paused) VALUES (%(name)s, %(paused)s)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
 
--- name: task_settings_get
--- Run-time overrides for tasks (for example a chunk size changed from the dashboard).
-SELECT task, chunk_size FROM unbroken.task_settings
-
 -- name: task_set_chunk_size
 -- Change a task's chunk size at run time, without a redeploy.
 INSERT INTO unbroken.task_settings (task, chunk_size) VALUES (%(task)s, %(chunk_size)s)

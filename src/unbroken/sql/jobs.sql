@@ -252,10 +252,6 @@ SELECT id, queue, task, args, state::text AS state, priority, run_at, attempt, m
        progress, chunk_size, result, created_at, attempted_at, finished_at
 FROM unbroken.jobs WHERE id = %(id)s
 
--- name: job_get_states
--- The state of each of some jobs.
-SELECT id, state::text AS state FROM unbroken.jobs WHERE id = ANY(%(ids)s::bigint[])
-
 -- name: job_reserve_ids
 -- Take `n` job ids from the table's sequence, so a bulk enqueue can COPY rows with known ids.
 SELECT nextval('unbroken.jobs_id_seq'::regclass) FROM generate_series(1, %(n)s)
