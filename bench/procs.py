@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -151,8 +150,3 @@ def start_worker(
     if cprofile:
         argv += ["--cprofile", cprofile]
     return spawn(name, argv, env=worker_env(url, name))
-
-
-def self_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime

@@ -1,4 +1,5 @@
-"""What both state-machine tests draw: new jobs and outcome batches for `tests/model.py`.
+"""What both state-machine tests draw: new jobs, job ids, outcome batches and heartbeats for
+`tests/model.py`.
 
 tests/unit/test_state_machine.py runs these through the model alone; the integration test
 runs them through the real statements beside it. Drawing them in one place keeps the two
@@ -22,6 +23,26 @@ new_jobs = st.builds(
     max_attempts=st.integers(1, 3),
     unique_key=st.one_of(st.none(), st.sampled_from(["k1", "k2"])),
 )
+
+
+def pick_ids(data: st.DataObject, model: Model) -> list[int]:
+    """A few job ids: known ones, and one that does not exist."""
+    known = sorted(model.jobs)
+    ghost = max(known, default=0) + 1000
+    return sorted(data.draw(st.sets(st.sampled_from([*known, ghost]), max_size=4)))
+
+
+def draw_renewal(data: st.DataObject, model: Model) -> tuple[str, list[tuple[int, int]]]:
+    """A heartbeat: a worker's own running jobs (if it has any), plus a few others, each at
+    its attempt or one off (stale, or not yet reached)."""
+    worker, mine = model.running_by_worker(data.draw(st.integers(0, 1)))
+    held = [(j, model.jobs[j].attempt) for j in mine]
+    for job_id in pick_ids(data, model):
+        if job_id not in mine:
+            job = model.jobs.get(job_id)
+            offset = data.draw(st.sampled_from([0, 0, 1, -1]))
+            held.append((job_id, (job.attempt if job else 1) + offset))
+    return worker, held
 
 
 def draw_outcome(data: st.DataObject, job_id: int, attempt: int) -> Outcome:

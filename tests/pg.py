@@ -42,6 +42,17 @@ def session_binaries() -> PgBinaries:
     return find_binaries(Path(chosen) if chosen else None)
 
 
+def durable_commits(url: str) -> None:
+    """The session server commits asynchronously (for speed), so a crash forgets the last
+    commits it acknowledged (a job's claim among them), which no runtime can help. Give the
+    database at `url` PostgreSQL's default back, for its new sessions."""
+    dbname = url.rsplit("/", 1)[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(sql.Identifier(dbname))
+        )
+
+
 class SessionPostgres:
     """The session's server: started once, given back in working order after every test."""
 

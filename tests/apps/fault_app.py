@@ -63,21 +63,6 @@ def _answer() -> dict[str, Any]:
     return {"pid": os.getpid(), "attempt": job.attempt, "worker": job.worker_id}
 
 
-@app.task(name="noop")
-async def noop() -> None:
-    return None
-
-
-@app.task(name="sync_noop")
-def sync_noop() -> None:
-    return None
-
-
-@app.task(name="sleep")
-async def sleep(seconds: float) -> None:
-    await asyncio.sleep(seconds)
-
-
 @app.task(name="record", retry=QUICK)
 async def record(seconds: float = 0.0, once: bool = False) -> dict[str, Any]:
     """Record this execution, then sleep `seconds` (only on the job's first execution if

@@ -68,6 +68,13 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: f
         time.sleep(interval)
 
 
+FETCH_CALLS = (
+    "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+    " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND query LIKE 'WITH picked AS%'"
+)
+
+
 class Probe:
     """The test's own view of the database: short statements, reconnecting after a fault."""
 
@@ -113,6 +120,27 @@ class Probe:
             timeout=timeout,
             what=f"job {job_id} in {'/'.join(wanted)} (is {self.state(job_id)})",
         )
+
+    def fetches(self) -> int:
+        """How many fetches (job_get_available) workers have run in this database so far
+        (pg_stat_statements, which the session server preloads)."""
+        self.rows("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        return int(self.value(FETCH_CALLS))
+
+    def wait_fetching_idle(self, *, more_than: int = 0, quiet: float = 0.5) -> int:
+        """Wait until more than `more_than` fetches were run and none for `quiet` seconds:
+        every worker has looked for work and now waits (for a notification, or its poll).
+        Returns the count."""
+        last, since = -1, time.monotonic()
+
+        def settled() -> int:
+            nonlocal last, since
+            count, now = self.fetches(), time.monotonic()
+            if count != last:
+                last, since = count, now
+            return count if count > more_than and now - since >= quiet else 0
+
+        return wait_until(settled, timeout=30, what="the workers' fetches to settle")
 
     def executions(self, job_id: int) -> list[dict[str, Any]]:
         return self.rows("SELECT * FROM executions WHERE job_id = %s ORDER BY id", [job_id])

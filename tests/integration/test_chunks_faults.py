@@ -6,13 +6,11 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from chunks_support import CommitCutter, arun, async_env, sync_env
-from pg import Faults
+from pg import Faults, durable_commits
 from unbroken import telemetry
 from unbroken.chunks import AsyncChunk, Chunk, CommitsLost, run_chunks, run_chunks_sync
 from unbroken.errors import UnitOfWorkFailed
@@ -59,16 +57,6 @@ async def test_server_restart_mid_chunk_retries_the_chunk_without_failing_the_jo
     assert len(retried(events)) == 1  # AdminShutdown, or the socket closing under it
     positions = env.positions()
     assert positions == sorted(positions)
-
-
-def durable_commits(url: str) -> None:
-    """The test server commits asynchronously, so a crash may lose the last commits, which
-    no runtime can help. Make commits durable in this test's database (new sessions)."""
-    dbname = url.rsplit("/", 1)[1]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(sql.Identifier(dbname))
-        )
 
 
 @arun

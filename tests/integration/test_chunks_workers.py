@@ -25,11 +25,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from apps.chunk_app import SETUP_SQL, TASK, TASK_SYNC
 from apps.harness import Probe, WorkerProcess, insert_jobs, wait_until, worker_processes
-from pg import Faults
+from pg import Faults, durable_commits
 from unbroken import migrations
 
 REPO = Path(__file__).resolve().parents[2]
@@ -299,20 +298,10 @@ def test_stale_worker_resumed_after_a_takeover_commits_nothing(
     assert other.stop() == 0
 
 
-def durable_commits(probe: Probe) -> None:
-    """The session server commits asynchronously, so an immediate stop can forget commits
-    it acknowledged (a job fetch among them), which no runtime can help. Give this test's
-    database PostgreSQL's default back; chunk commits still skip the flush, by design."""
-    dbname = probe.value("SELECT current_database()")
-    probe.rows(
-        sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(sql.Identifier(dbname))
-    )
-
-
 def test_restarts_and_terminated_backends_mid_chunk_cost_no_attempt(
     probe: Probe, workers: StartWorker, faults: Faults
 ) -> None:
-    durable_commits(probe)
+    durable_commits(probe.url)  # chunk commits still skip the flush, by design
     items = 6000
     w = workers("w")
     w.wait_registered(probe)

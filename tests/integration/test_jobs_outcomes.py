@@ -259,7 +259,7 @@ def test_a_retried_dead_job_wakes_an_idle_worker_at_once(app: App, probe: Probe)
     job_id = flaky_once.enqueue()
     with running_worker(app, poll_interval=60.0):
         probe.wait_state(job_id, "dead", timeout=10)
-        time.sleep(0.5)  # the worker is idle, waiting for a notification
+        probe.wait_fetching_idle()  # from now on only a notification (or a minute) wakes it
         assert app.retry(job_id) == [job_id]
         row = probe.wait_state(job_id, "succeeded", timeout=10)
     assert (row["attempt"], len(runs)) == (2, 2)

@@ -31,7 +31,15 @@ from hypothesis.stateful import (
 from psycopg.types.json import Jsonb
 
 from model import Model, NewJob, Outcome
-from model_draws import QUEUES, WORKERS, draw_any_batch, draw_current_batch, new_jobs
+from model_draws import (
+    QUEUES,
+    WORKERS,
+    draw_any_batch,
+    draw_current_batch,
+    draw_renewal,
+    new_jobs,
+    pick_ids,
+)
 from unbroken import migrations
 from unbroken.db._sync.inserts import insert_many
 from unbroken.enqueue import JobSpec
@@ -85,11 +93,6 @@ class TransitionMachine(RuleBasedStateMachine):
 
     def full_rows(self) -> dict[int, Any]:
         return dict(self.conn.execute(FULL_ROWS).fetchall())
-
-    def pick_ids(self, data: st.DataObject) -> list[int]:
-        known = sorted(self.model.jobs)
-        ghost = max(known, default=0) + 1000  # a job that does not exist
-        return sorted(data.draw(st.sets(st.sampled_from([*known, ghost]), max_size=4)))
 
     @initialize()
     def empty_tables(self) -> None:
@@ -168,14 +171,14 @@ class TransitionMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def finish_current(self, data: st.DataObject) -> None:
         """A worker reports on jobs it holds, with a stale outcome or two mixed in."""
-        worker, outcomes = draw_current_batch(data, self.model, self.pick_ids(data))
+        worker, outcomes = draw_current_batch(data, self.model, pick_ids(data, self.model))
         self.finish(worker, outcomes)
 
     @precondition(lambda self: self.model.jobs)
     @rule(worker=st.sampled_from(WORKERS), data=st.data())
     def finish_any(self, worker: str, data: st.DataObject) -> None:
         """A batch of outcomes, each current or stale (attempt, worker or state moved on)."""
-        outcomes = draw_any_batch(data, self.model, self.pick_ids(data))
+        outcomes = draw_any_batch(data, self.model, pick_ids(data, self.model))
         self.finish(worker, outcomes)
 
     def finish(self, worker: str, outcomes: list[Outcome]) -> None:
@@ -211,13 +214,7 @@ class TransitionMachine(RuleBasedStateMachine):
     @rule(expired=st.booleans(), data=st.data())
     def renew(self, expired: bool, data: st.DataObject) -> None:
         """A heartbeat: the worker's own jobs (if it has any) and some stale or foreign ones."""
-        worker, mine = self.model.running_by_worker(data.draw(st.integers(0, 1)))
-        held = [(j, self.model.jobs[j].attempt) for j in mine]
-        for job_id in self.pick_ids(data):
-            job = self.model.jobs.get(job_id)
-            attempt = (job.attempt if job else 1) + data.draw(st.sampled_from([0, 0, 1, -1]))
-            if job_id not in mine:
-                held.append((job_id, attempt))
+        worker, held = draw_renewal(data, self.model)
         before = self.full_rows()
         got = self.run(
             "lease_renew_many",
@@ -255,13 +252,13 @@ class TransitionMachine(RuleBasedStateMachine):
     # --- the operator's statements --------------------------------------------------------------
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
-        ids = self.pick_ids(data)
+        ids = pick_ids(data, self.model)
         got = self.run("job_cancel_many", {"ids": ids})
         assert dict(got) == self.model.cancel(ids)
 
     @rule(data=st.data())
     def retry(self, data: st.DataObject) -> None:
-        ids = self.pick_ids(data)
+        ids = pick_ids(data, self.model)
         got = self.run("job_retry_many", {"ids": ids})
         assert {r[0] for r in got} == self.model.retry(ids)
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from apps.harness import Probe, WorkerProcess, insert_jobs, wait_until, worker_processes
-from pg import Faults
+from pg import Faults, durable_commits
 from unbroken import migrations
 
 LEASE = 3.0
@@ -185,15 +184,9 @@ def test_sigterm_hands_back_a_sync_job_still_running_and_the_process_exits(
 def test_a_server_restart_during_5000_jobs_loses_none_and_runs_none_twice_per_attempt(
     probe: Probe, workers: StartWorker, faults: Faults, mode: str
 ) -> None:
-    # The session server trades durability for speed (synchronous_commit=off): a crash
-    # would forget commits it had acknowledged, a fetch among them, and then one attempt
-    # number really is handed out twice. unbroken relies on acknowledged commits staying
-    # committed, as every PostgreSQL does by default: this database gets that back.
-    probe.rows(
-        sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(
-            sql.Identifier(probe.value("SELECT current_database()"))
-        )
-    )
+    # Without it a crash forgets acknowledged claims, and one attempt number really is
+    # handed out twice: unbroken relies on commits staying committed, as PostgreSQL's default.
+    durable_commits(probe.url)
     total = 5000
     insert_jobs(probe, "record", n=total, kwargs={"seconds": 0.005})
     a = workers("a", **FAST, concurrency=20)
@@ -267,13 +260,15 @@ def test_a_job_handed_back_at_shutdown_wakes_an_idle_worker_at_once(
 ) -> None:
     """The hand-back notifies the queue: an idle worker that polls only once a minute
     starts the job within seconds, not at its next poll."""
-    w1 = workers("w1", **FAST, shutdown_timeout=1.0)
+    idle = {**FAST, "poll_interval": 60.0}  # only a notification wakes them within a minute
+    w1 = workers("w1", **idle, shutdown_timeout=1.0)
     w1.wait_registered(probe)
     (job_id,) = insert_jobs(probe, "record", n=1, kwargs={"seconds": 120, "once": True})
     wait_until(lambda: started_by(probe, job_id, w1), timeout=30, what="w1 to start the job")
-    w2 = workers("w2", **{**FAST, "poll_interval": 60.0})
+    before_w2 = probe.wait_fetching_idle()
+    w2 = workers("w2", **idle)
     w2.wait_registered(probe)
-    time.sleep(1.0)  # w2's start-up fetch is done; from now on it waits for a notification
+    probe.wait_fetching_idle(more_than=before_w2)  # w2 has looked and now waits
     w1.signal(signal.SIGTERM)
     assert w1.wait_exit(timeout=30) == 0
     wait_until(lambda: started_by(probe, job_id, w2), timeout=10, what="w2 to start the job")

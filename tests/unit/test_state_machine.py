@@ -43,7 +43,15 @@ from model import (
     NewJob,
     Outcome,
 )
-from model_draws import QUEUES, WORKERS, draw_any_batch, draw_current_batch, new_jobs
+from model_draws import (
+    QUEUES,
+    WORKERS,
+    draw_any_batch,
+    draw_current_batch,
+    draw_renewal,
+    new_jobs,
+    pick_ids,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "state_machine.md"
 
@@ -68,10 +76,6 @@ class ModelMachine(RuleBasedStateMachine):
         super().__init__()
         self.model = Model()
         self.next_id = 1
-
-    def pick_ids(self, data: st.DataObject) -> list[int]:
-        known = sorted(self.model.jobs)
-        return sorted(data.draw(st.sets(st.sampled_from([*known, 10**6]), max_size=4)))
 
     @rule(new=new_jobs)
     def insert(self, new: NewJob) -> None:
@@ -127,13 +131,13 @@ class ModelMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def finish_current(self, data: st.DataObject) -> None:
         """A worker reports on jobs it holds, with a stale outcome mixed in."""
-        worker, outcomes = draw_current_batch(data, self.model, self.pick_ids(data))
+        worker, outcomes = draw_current_batch(data, self.model, pick_ids(data, self.model))
         self.finish(worker, outcomes)
 
     @precondition(lambda self: self.model.jobs)
     @rule(worker=st.sampled_from(WORKERS), data=st.data())
     def finish_any(self, worker: str, data: st.DataObject) -> None:
-        outcomes = draw_any_batch(data, self.model, self.pick_ids(data))
+        outcomes = draw_any_batch(data, self.model, pick_ids(data, self.model))
         self.finish(worker, outcomes)
 
     def finish(self, worker: str, outcomes: list[Outcome]) -> None:
@@ -169,14 +173,7 @@ class ModelMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.jobs)
     @rule(expired=st.booleans(), data=st.data())
     def renew(self, expired: bool, data: st.DataObject) -> None:
-        worker, mine = self.model.running_by_worker(data.draw(st.integers(0, 1)))
-        held = [(j, self.model.jobs[j].attempt) for j in mine]
-        for job_id in self.pick_ids(data):
-            job = self.model.jobs.get(job_id)
-            if job_id not in mine:
-                held.append(
-                    (job_id, (job.attempt if job else 1) + data.draw(st.sampled_from([0, 1])))
-                )
+        worker, held = draw_renewal(data, self.model)
         before = self.model.snapshot()
         renewed = self.model.renew(worker, held, expired)
         for job_id, attempt in held:
@@ -221,7 +218,7 @@ class ModelMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
-        ids = self.pick_ids(data)
+        ids = pick_ids(data, self.model)
         before = self.model.snapshot()
         out = self.model.cancel(ids)
         for job_id in ids:
@@ -237,7 +234,7 @@ class ModelMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def retry(self, data: st.DataObject) -> None:
-        ids = self.pick_ids(data)
+        ids = pick_ids(data, self.model)
         before = self.model.snapshot()
         chosen = self.model.retry(ids)
         for job_id in chosen:
