@@ -30,8 +30,9 @@ from unbroken import migrations
 from unbroken.db._async import inserts as ainserts
 from unbroken.db._async.pool import AsyncDatabase
 from unbroken.db._sync.inserts import insert_many, insert_one
-from unbroken.db._sync.pool import Database
+from unbroken.db._sync.pool import Database, wait_until_reachable
 from unbroken.db.backoff import BackoffPolicy
+from unbroken.db.conninfo import connection_kwargs
 from unbroken.db.target import Target, resolve_target
 from unbroken.enqueue import EnqueueOptions, JobMaker, JobSpec, argument_checker
 from unbroken.errors import ConfigError, EnqueueError, Permanent
@@ -298,7 +299,11 @@ class App:
     def migrate(self) -> list[migrations.Migration]:
         """Bring the schema up to date (first use does this automatically)."""
         target = self.target()
-        with Connection.connect(target.conninfo, autocommit=True) as conn:
+        # A worker started before its database: wait for it as the pools do (startup_wait),
+        # on a connection told what every other one is (name, connect timeout, keepalives).
+        wait_until_reachable(target.conninfo, self.settings)
+        kwargs = connection_kwargs(self.settings, role="migrate")
+        with Connection.connect(target.conninfo, **kwargs) as conn:
             return migrations.migrate(conn, self.settings.schema_name)
 
     def database(self) -> Database:

@@ -91,6 +91,9 @@ def migrate(conn: psycopg.Connection[Any], schema: str = "unbroken") -> list[Mig
         return []  # the common case costs one query and takes no lock
     try:
         with conn.transaction():
+            # A migration may rewrite a big table: the runtime's statement timeout is for
+            # its own short statements, not for this one transaction.
+            conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"unbroken:{schema}"])
             conn.execute(_bootstrap(schema).encode())
             todo = pending(conn, schema)  # again, under the lock
