@@ -1,6 +1,6 @@
 """Time from a server restart to the first good connection (foundation issue 2).
 
-    python -m bench.reconnect [--repeat 5] [--sizes 1,4,16]
+    python -m bench.reconnect [--repeat 5] [--sizes 1,4,16] [--outages 3,7]
 
 A throwaway server of its own (never the embedded default: it gets restarted). For each
 stop mode (fast: a clean restart, every session gets AdminShutdown; immediate: a crash and
@@ -13,8 +13,15 @@ idle beforehand) a `unbroken.db._sync.pool.Database(...).pool()` is opened, then
 - busy through the restart: a thread checks out and runs SELECT 1 every 10 ms all
   along; the same clock, from "server accepts again" to its first success after that.
 
-Also reported: the server's own restart time (stop issued to accepting again), and the time
-until the pool is back to its full size. Median of `repeat` runs; target < 1 s.
+Then outages (issue 11 item 7): the server stays down for each of `--outages` seconds (fast
+stop) while the busy thread keeps asking; its checkout waits in the pool (up to
+pool_acquire_timeout, 10 s) through the outage. The same clock: from "server accepts again"
+to its first success after that.
+
+Also reported: the server's own restart time (stop issued to accepting again), the time
+until the pool is back to its full size, and the pool's failed connection attempts per
+second of server downtime (a reconnect storm shows there). Median of `repeat` runs;
+target < 1 s.
 """
 
 from __future__ import annotations
@@ -41,14 +48,15 @@ TARGET_SECONDS = 1.0
 
 
 class _Count(logging.Handler):
-    """Counts psycopg_pool's reconnect warnings instead of printing them."""
+    """Counts psycopg_pool's failed connection attempts instead of printing its warnings."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.count = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.count += 1
+        if record.getMessage().startswith("error connecting"):
+            self.count += 1
 
 
 def _accepting(url: str) -> bool:
@@ -60,10 +68,14 @@ def _accepting(url: str) -> bool:
         return False
 
 
-def _restart(server: LocalServer, mode: StopMode, url: str) -> tuple[float, float]:
-    """Restart; returns (monotonic time the stop was issued, time the server accepts again)."""
+def _restart(
+    server: LocalServer, mode: StopMode, url: str, outage: float = 0.0
+) -> tuple[float, float]:
+    """Restart (down `outage` s in between); returns (stop issued, server accepts again)."""
     issued = time.monotonic()
     server.stop(mode)
+    if outage:
+        time.sleep(outage)  # the outage itself: what is measured starts after it
     server.start()
     while not _accepting(url):  # pg_ctl -w returned; prove it with a connection
         time.sleep(0.002)
@@ -80,7 +92,9 @@ def _full(db: Database, size: int, timeout: float = 30.0) -> float:
     return float("nan")
 
 
-def one(server: LocalServer, url: str, mode: StopMode, size: int, busy: bool) -> dict[str, float]:
+def one(
+    server: LocalServer, url: str, mode: StopMode, size: int, busy: bool, outage: float = 0.0
+) -> dict[str, float]:
     settings = Settings(database_url=url, application_name="bench-reconnect")
     db = Database(url, settings)
     pool = db.pool("bench", min_size=size, max_size=size)
@@ -106,7 +120,7 @@ def one(server: LocalServer, url: str, mode: StopMode, size: int, busy: bool) ->
         if thread is not None:
             thread.start()
             time.sleep(0.1)
-        issued, up = _restart(server, mode, url)
+        issued, up = _restart(server, mode, url, outage)
         first = float("nan")
         if thread is None:
             while time.monotonic() < up + 30:
@@ -136,56 +150,72 @@ def one(server: LocalServer, url: str, mode: StopMode, size: int, busy: bool) ->
         db.close()
 
 
-def run_section(*, sizes: list[int], repeat: int) -> dict[str, Any]:
+def run_section(
+    *, sizes: list[int], repeat: int, outages: Sequence[float] = (3.0, 7.0)
+) -> dict[str, Any]:
     pool_log = logging.getLogger("psycopg.pool")
     counter = _Count()
     saved = pool_log.propagate
     pool_log.addHandler(counter)
     pool_log.propagate = False
     try:
-        return _section(sizes, repeat, counter)
+        return _section(sizes, repeat, list(outages), counter)
     finally:
         pool_log.removeHandler(counter)
         pool_log.propagate = saved
 
 
-def _section(sizes: list[int], repeat: int, counter: _Count) -> dict[str, Any]:
+def _cases(sizes: list[int], outages: list[float]) -> list[tuple[StopMode, bool, int, float]]:
+    """(stop mode, busy, size, seconds down): every restart, then the busy outages."""
+    modes: tuple[StopMode, ...] = ("fast", "immediate")
+    cases = [(m, busy, size, 0.0) for m in modes for busy in (False, True) for size in sizes]
+    return cases + [("fast", True, size, down) for down in outages for size in sizes]
+
+
+def _section(
+    sizes: list[int], repeat: int, outages: list[float], counter: _Count
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="unbroken-bench-reconnect-"))
     server = LocalServer(root / "data")
-    out: dict[str, Any] = {"sizes": sizes, "repeat": repeat, "runs": {}}
+    out: dict[str, Any] = {"sizes": sizes, "repeat": repeat, "outages": outages, "runs": {}}
     rows = []
     try:
         server.init()
         server.start()
         url = server.url("postgres")
         wait_until_accepting(url)
-        modes: tuple[StopMode, ...] = ("fast", "immediate")
-        for mode in modes:
-            for busy in (False, True):
-                for size in sizes:
-                    label = f"{mode}/{'busy' if busy else 'idle'}/{size}"
-                    progress(f"reconnect: {mode} restart, pool of {size}, {label.split('/')[1]}")
-                    before = counter.count
-                    runs = [one(server, url, mode, size, busy) for _ in range(repeat)]
-                    failed_connects = (counter.count - before) / repeat
-                    out["runs"][label] = runs
-                    first = Repeated([r["first_good_after_up_s"] for r in runs], False)
-                    restart = Repeated([r["server_restart_s"] for r in runs], False)
-                    full = Repeated([r["full_pool_after_up_s"] for r in runs], False)
-                    rows.append(
-                        [
-                            mode,
-                            "busy" if busy else "idle",
-                            str(size),
-                            fmt(restart.median, 3),
-                            fmt(first.median, 3),
-                            fmt(max(first.values), 3),
-                            fmt(full.median, 3),
-                            fmt(sum(r["errors"] for r in runs) / repeat, 1),
-                            fmt(failed_connects, 1),
-                            verdict(first.median < TARGET_SECONDS),
-                        ]
-                    )
+        for mode, busy, size, down in _cases(sizes, outages):
+            use = "busy" if busy else "idle"
+            what = f"down {down:g} s" if down else f"{mode} restart"
+            label = f"{mode}/{use}/{size}" + (f"/down{down:g}s" if down else "")
+            progress(f"reconnect: {what}, pool of {size}, {use}")
+            runs = []
+            for _ in range(repeat):
+                before = counter.count
+                run = one(server, url, mode, size, busy, down)
+                run["failed_connects"] = float(counter.count - before)
+                runs.append(run)
+            out["runs"][label] = runs
+            first = Repeated([r["first_good_after_up_s"] for r in runs], False)
+            restart = Repeated([r["server_restart_s"] for r in runs], False)
+            full = Repeated([r["full_pool_after_up_s"] for r in runs], False)
+            failed = sum(r["failed_connects"] for r in runs)
+            downtime = sum(r["server_restart_s"] for r in runs)
+            rows.append(
+                [
+                    what,
+                    use,
+                    str(size),
+                    fmt(restart.median, 3),
+                    fmt(first.median, 3),
+                    fmt(max(first.values), 3),
+                    fmt(full.median, 3),
+                    fmt(sum(r["errors"] for r in runs) / repeat, 1),
+                    fmt(failed / repeat, 1),
+                    fmt(failed / downtime, 1),
+                    verdict(first.median < TARGET_SECONDS),
+                ]
+            )
     finally:
         server.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
@@ -197,12 +227,13 @@ def _section(sizes: list[int], repeat: int, counter: _Count) -> dict[str, Any]:
                 "restart",
                 "pool use",
                 "size",
-                "server restart",
+                "server down",
                 "first good (median)",
                 "first good (worst)",
                 "pool full again",
                 "errors seen",
                 "failed connects",
+                "per s down",
                 "target",
             ],
             rows,
@@ -215,8 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reconnect")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sizes", default="1,4,16")
+    parser.add_argument("--outages", default="3,7", help="seconds down, busy pools ('': none)")
     args = parser.parse_args(argv)
-    run_section(sizes=[int(s) for s in args.sizes.split(",")], repeat=args.repeat)
+    run_section(
+        sizes=[int(s) for s in args.sizes.split(",")],
+        repeat=args.repeat,
+        outages=[float(s) for s in args.outages.split(",") if s],
+    )
     return 0
 
 

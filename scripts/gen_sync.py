@@ -21,6 +21,8 @@ REPLACEMENTS = {
     "AsyncRolePool": "RolePool",
     "AsyncDatabase": "Database",
     "AsyncConnectionPool": "ConnectionPool",
+    "AsyncSteadyPool": "SteadyPool",
+    "pool_async": "pool",
     "AsyncConnection": "Connection",
     "AsyncDeadlineConnection": "DeadlineConnection",
     "AsyncWork": "Work",

@@ -324,3 +324,69 @@ def test_a_checkout_hands_out_only_live_connections(
             assert pool.stats().reconnects == 1  # the dead one was noticed at checkout
     finally:
         proxy.stop()
+
+
+def test_callers_waiting_through_a_7_s_outage_are_served_when_it_ends(
+    table: str, faults: Faults
+) -> None:
+    """Issue 11 item 7: callers blocked in connection() and run() while the server is down
+    for 7 s, with an acquire timeout longer than that, get a connection once it is back.
+    (psycopg_pool gave up its reconnect series after 6 s and then nobody reconnected until
+    a new checkout: the waiting callers timed out.)"""
+    s = settings(pool_min_size=2, pool_max_size=2, pool_acquire_timeout=15, retry_attempts=1)
+    with RolePool("api", table, s) as pool:
+        pool.run(lambda c: c.execute("INSERT INTO items VALUES (0, 'before')"))
+        faults.stop_for_in_background(7.0)  # down when this returns
+        outcomes: dict[str, object] = {}
+
+        def by_run() -> None:
+            try:
+                pool.run(lambda c: c.execute("INSERT INTO items VALUES (1, 'run')"))
+                outcomes["run"] = "ok"
+            except Exception as exc:
+                outcomes["run"] = exc
+
+        def by_connection() -> None:
+            try:
+                with pool.connection() as conn:
+                    outcomes["connection"] = conn.execute("SELECT 2").fetchone()
+            except Exception as exc:
+                outcomes["connection"] = exc
+
+        callers = [threading.Thread(target=by_run), threading.Thread(target=by_connection)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(timeout=60)
+        assert outcomes == {"run": "ok", "connection": (2,)}
+        with pool.connection() as conn:
+            assert conn.execute("SELECT note FROM items WHERE id = 1").fetchone() == ("run",)
+
+
+def test_async_callers_waiting_through_a_7_s_outage_are_served_when_it_ends(
+    table: str, faults: Faults
+) -> None:
+    async def main() -> list[object]:
+        s = settings(pool_min_size=1, pool_max_size=2, pool_acquire_timeout=15, retry_attempts=1)
+        db = AsyncDatabase(table, s)
+        pool = db.pool("worker")
+        await db.open()
+        try:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+            await asyncio.to_thread(faults.stop_for_in_background, 7.0)
+
+            async def by_run(conn: AsyncConnection[Any]) -> object:
+                return await (await conn.execute("SELECT 1")).fetchone()
+
+            async def by_connection() -> object:
+                async with pool.connection() as conn:
+                    return await (await conn.execute("SELECT 2")).fetchone()
+
+            return await asyncio.gather(
+                pool.run(by_run), by_connection(), return_exceptions=True
+            )
+        finally:
+            await db.close()
+
+    assert asyncio.run(main()) == [(1,), (2,)]

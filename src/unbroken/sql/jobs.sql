@@ -116,7 +116,12 @@ updated AS (
                        THEN j.attempt - 1 ELSE j.attempt END,
         run_at = CASE WHEN o.state IN ('retryable', 'scheduled')
                       THEN now() + make_interval(secs => coalesce(o.delay, 0)) ELSE j.run_at END,
-        errors = CASE WHEN o.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(o.error) END,
+        -- A run of unknown-task give-backs keeps one record (its `times` counts them), so a
+        -- job waiting weeks for a worker that knows its task does not grow without bound.
+        errors = CASE WHEN o.error IS NULL THEN j.errors
+                      WHEN o.error->>'kind' <> 'unknown_task' THEN j.errors || jsonb_build_array(o.error)
+                      WHEN j.errors->-1->>'kind' = 'unknown_task' THEN (j.errors - -1) || jsonb_build_array(o.error)
+                      ELSE j.errors || jsonb_build_array(o.error) END,
         result = coalesce(o.result, j.result),
         finished_at = CASE WHEN o.state IN ('succeeded', 'dead', 'cancelled') OR j.cancel_requested
                              OR (o.state = 'retryable' AND j.attempt >= j.max_attempts)
@@ -200,7 +205,11 @@ SET state = (CASE WHEN j.cancel_requested THEN 'cancelled'
         'traceback', NULL))
 FROM expired
 WHERE j.id = expired.id
-RETURNING j.id, j.state::text, expired.worker_id
+RETURNING j.id, j.state::text, expired.worker_id, j.task, j.queue, j.attempt, j.max_attempts
+
+-- name: job_get_last_error
+-- The newest record of a job's errors: a worker that does not know the job's task counts its repeats from it.
+SELECT errors->-1 FROM unbroken.jobs WHERE id = %(id)s
 
 -- name: job_promote_due
 -- Make scheduled and retryable jobs whose time has come available, and wake workers of their queues.

@@ -14,7 +14,10 @@ What this adds to psycopg_pool (which does the pooling itself):
 - `transaction()` commits on success and rolls back on any exception;
 - `run(fn)` is a unit of work: `fn(conn)` in a transaction, retried on a fresh
   connection with backoff when the error is transient;
-- start-up waits for an unreachable server with backoff and one clear final error.
+- start-up waits for an unreachable server with backoff and one clear final error;
+- while the server is away, the pool reconnects steadily and without end, one attempt at a
+  time (`reconnect.py`), so a caller waiting on it is served about half a second after the
+  server accepts again, however long the outage was.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import psycopg
 from psycopg import Connection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
+from psycopg_pool.pool import AddConnection
 
 from unbroken.db.backoff import Backoff, BackoffPolicy
 from unbroken.db.classify import is_connection_error, is_transient
@@ -36,18 +41,41 @@ from unbroken.db.compat import Work, sleep
 from unbroken.db.conninfo import connection_kwargs, describe_target, redact
 from unbroken.db.deadline import DeadlineConnection
 from unbroken.db.liveness import mark_alive, recently_alive
+from unbroken.db.reconnect import GatedAttempt, ReconnectGate
 from unbroken.db.stats import PoolStats, caller_outside_unbroken
 from unbroken.errors import DatabaseUnavailable, UnitOfWorkFailed
 from unbroken.settings import Settings
 
 T = TypeVar("T")
 logger = logging.getLogger("unbroken.db")
-# psycopg_pool doubles the delay between reconnect attempts with no cap, until it gives up
-# after `reconnect_timeout`: after a 45 s outage its next attempt came 13 s after the server
-# was back (measured), and after a longer one it can come later than a lease, so a live
-# worker's jobs get rescued. Ending each series of attempts early keeps the gaps short; the
-# next checkout starts a new series at once.
-RECONNECT_SERIES_SECONDS = 6.0
+
+
+class SteadyPool(ConnectionPool[Connection[Any]]):
+    """psycopg_pool's pool, reconnecting through one `ReconnectGate` (db/reconnect.py):
+    steadily and without end while the server is away, one attempt at a time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = ReconnectGate()
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        wait = self.gate.admit()
+        if wait > 0:  # another attempt is in flight, or the last one failed too recently
+            self.schedule_task(AddConnection(self, attempt, growing=growing), wait)
+            return
+        try:
+            super()._add_connection(attempt or GatedAttempt(self.gate), growing=growing)
+        finally:
+            self.gate.release()
+
+    def _connect(self, timeout: float | None = None) -> Connection[Any]:
+        try:
+            conn = super()._connect(timeout)
+        except BaseException:
+            self.gate.failed()
+            raise
+        self.gate.succeeded()
+        return conn
 
 
 class RolePool:
@@ -67,7 +95,7 @@ class RolePool:
         self._conninfo = conninfo
         self._flushes = 0
         self._dirty_returns = 0
-        self._pool: ConnectionPool[Connection[Any]] = ConnectionPool(
+        self._pool = SteadyPool(
             conninfo,
             name=role,
             open=False,
@@ -79,7 +107,6 @@ class RolePool:
             timeout=settings.pool_acquire_timeout,
             max_lifetime=settings.pool_max_lifetime,
             max_idle=settings.pool_max_idle,
-            reconnect_timeout=RECONNECT_SERIES_SECONDS,
         )
 
     def _configure(self, conn: Connection[Any]) -> None:
