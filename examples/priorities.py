@@ -1,6 +1,7 @@
 """Seed 001's priority rule as a function of the task's arguments.
 
 Manual triggers first, then small repositories and recent ranges; larger runs first.
+Run as a script (module `__main__`), so the task is named explicitly (README, "Task names").
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def capture_priority(repo: str, size: str, days: int, manual: bool = False) -> i
     return priority
 
 
-@app.task(priority=capture_priority)
+@app.task(name="priorities.capture_pull_requests", priority=capture_priority)
 def capture_pull_requests(repo: str, size: str, days: int, manual: bool = False) -> str:
     return f"captured {repo} ({size}, {days} d)"
 

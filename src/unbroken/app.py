@@ -18,10 +18,12 @@ import asyncio
 import functools
 import inspect
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from psycopg import AsyncConnection, Connection
@@ -87,7 +89,7 @@ class Task(Generic[P, R]):
         self._check_args = check_args or argument_checker(_signature_of(fn))
         self._make = JobMaker(
             task=options.name,
-            check=self._check_args,
+            check=_refuse_main(options.name) or self._check_args,
             queue=options.queue,
             priority=options.priority,
             max_attempts=options.max_attempts,
@@ -172,6 +174,32 @@ def _permanent_classifier(
         return lambda exc: isinstance(exc, types)
     user = permanent
     return lambda exc: isinstance(exc, Permanent) or bool(user(exc))
+
+
+def _refuse_main(name: str) -> Callable[[tuple[Any, ...], dict[str, Any]], None] | None:
+    """For a task named under `__main__` (defined in a script run directly), a check that
+    refuses every enqueue; None for any other task.
+
+    A worker imports the app's modules by their names, so it would know this task under
+    another name (`report.build`, not `__main__.build`) and never run the job. Calling the
+    task inline still works; only enqueueing is refused.
+    """
+    if not name.startswith("__main__."):
+        return None
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    module = Path(main_file).stem if main_file else "your_module"
+    qualname = name.removeprefix("__main__.")
+    message = (
+        f"task {name}: it was defined in a script run directly, so its name starts with "
+        f"'__main__.'; a worker that imports that module knows it as '{module}.{qualname}' "
+        "and would never run this job. Move the task into a module the worker imports "
+        f'(--app {module}:app), or give it a name: @app.task(name="{module}.{qualname}")'
+    )
+
+    def refuse(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        raise EnqueueError(message)
+
+    return refuse
 
 
 def _utcnow() -> datetime:

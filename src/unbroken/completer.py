@@ -12,6 +12,7 @@ bad row cannot block the rest. `drain()` writes everything left at shutdown.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from unbroken import telemetry
+from unbroken import logs, telemetry
 from unbroken.db._async.pool import AsyncRolePool
 from unbroken.db.arrays import claim_array, float_array, int_array, word_array
 from unbroken.db.backoff import Backoff, BackoffPolicy
@@ -43,13 +44,14 @@ class Outcome:
     claim: str  # the attempt's claim token (JobContext.claim): fences a claim a crash forgot
     state: str  # the job's next state: succeeded retryable dead cancelled scheduled available
     kind: str  # what happened, for logs and telemetry: succeeded failed timeout dead
-    #            cancelled snoozed handback
+    #            cancelled snoozed handback unknown_task
     queue: str
     task: str
     delay: float | None = None  # seconds until the retry (retryable) or next run (scheduled)
     error: str | None = None  # JSON of the error record
     result: str | None = None  # JSON of the return value
     runtime_ms: int = 0
+    max_attempts: int = 0  # the job's, as fetched (for the log line)
 
 
 class Completer:
@@ -168,8 +170,8 @@ class Completer:
             self._first_at = time.monotonic()
         self._has_room.set()
 
-    async def _write(self, batch: list[Outcome]) -> set[int]:
-        """Write a batch; returns the places (from 1) of the outcomes that were recorded."""
+    async def _write(self, batch: list[Outcome]) -> dict[int, str]:
+        """Write a batch; returns {place (from 1): state written} of the outcomes recorded."""
         # Plain columns go as array literals (db/arrays.py); jsonb columns are lists,
         # usually all None (then one NULL stands for the array).
         errors = [o.error for o in batch]
@@ -189,7 +191,7 @@ class Completer:
             # Never prepared: a cached generic plan cannot see the arrays' sizes and was
             # measured 20x slower than a fresh plan, which costs well under a millisecond.
             cur = await conn.execute(self._sql, params, prepare=False)
-            return {row[3] for row in await cur.fetchall()}
+            return {row[3]: row[1] for row in await cur.fetchall()}
 
     async def _write_singly(self, batch: list[Outcome]) -> None:
         for outcome in batch:
@@ -222,21 +224,18 @@ class Completer:
                 self._account([outcome], written)
                 break
 
-    def _account(self, batch: list[Outcome], written: set[int]) -> None:
+    def _account(self, batch: list[Outcome], written: dict[int, str]) -> None:
+        """Count the batch, and log each outcome as the database recorded it (logs.py)."""
         self.written += len(written)
-        if len(written) == len(batch):
-            return
+        verbose = logs.JOBS.isEnabledFor(logging.DEBUG)  # successes are logged only then
         for place, o in enumerate(batch, start=1):
-            if place not in written:
+            state = written.get(place)
+            if state is None:
                 self.fenced += 1
                 telemetry.emit("write.fenced", job_id=o.job_id, attempt=o.attempt, kind=o.kind)
-                logger.info(
-                    "job %d attempt %d: outcome %s not recorded, the job moved on (rescued, "
-                    "cancelled or retried elsewhere)",
-                    o.job_id,
-                    o.attempt,
-                    o.kind,
-                )
+                logs.fenced(o, self._worker_id)
+            elif verbose or state != "succeeded":
+                logs.outcome(o, state, self._worker_id)
 
 
 def _without_data(outcome: Outcome, exc: BaseException) -> Outcome:
@@ -249,16 +248,4 @@ def _without_data(outcome: Outcome, exc: BaseException) -> Outcome:
             "traceback": None,
         }
     )
-    return Outcome(
-        outcome.job_id,
-        outcome.attempt,
-        outcome.claim,
-        outcome.state,
-        outcome.kind,
-        outcome.queue,
-        outcome.task,
-        outcome.delay,
-        note,
-        None,
-        outcome.runtime_ms,
-    )
+    return dataclasses.replace(outcome, error=note, result=None)

@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from unbroken import telemetry
+from unbroken import logs, telemetry
 from unbroken.completer import Completer, Outcome
 from unbroken.context import JobContext, reset_current_job, set_current_job
+from unbroken.db.backoff import BackoffPolicy
 from unbroken.errors import JobCancelled, LeaseLost, Snooze
 
 if TYPE_CHECKING:
@@ -50,8 +51,10 @@ _STATE_OF_KIND = {
     "cancelled": "cancelled",
     "snoozed": "scheduled",  # runs again later; the attempt is given back
     "handback": "available",  # shutdown: someone else runs it now; the attempt is given back
+    "unknown_task": "scheduled",  # no such task here: offered again later, the attempt given back
 }
 TRACEBACK_LIMIT = 16_000  # characters of traceback kept per attempt
+UNKNOWN_TASK_CAP = 3600.0  # the longest wait between two offers of a job of an unknown task
 
 
 class AttemptTimeout(Exception):
@@ -92,6 +95,12 @@ class Executor:
         # Spare threads so a few stuck sync attempts (timed out) do not eat the capacity.
         self._threads = DaemonThreads(settings.concurrency + 4, "unbroken-job")
         self.shutting_down = False
+        # A job of a task this app lacks may be another app's (one database, shared queues),
+        # or wait for a deploy: it goes back unspent, offered again after a delay that
+        # doubles with each repeat (jittered +/-10 %), never dead by this path.
+        self._unknown_task_delay = BackoffPolicy(
+            base=settings.unknown_task_delay, cap=UNKNOWN_TASK_CAP, multiplier=2.0, jitter=0.2
+        )
 
     # --- slots -------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -148,6 +157,7 @@ class Executor:
         declared = self._app.tasks.get(task_name)
         if declared is not None:
             ctx.task_chunk_size = declared.options.chunk_size
+        logs.started(job_id, task_name, queue, attempt, max_attempts, self._worker_id)
         if telemetry.active():
             telemetry.emit(
                 "job.started",
@@ -206,21 +216,14 @@ class Executor:
                 ctx.queue,
                 ctx.task,
                 runtime_ms=int((time.monotonic() - started) * 1000),
+                max_attempts=ctx.max_attempts,
                 **kw,
             )
 
         task = self._app.tasks.get(ctx.task)
         if task is None:
-            return done(
-                "dead",
-                error=self._error(
-                    ctx,
-                    "TaskNotFound",
-                    f"no task named {ctx.task!r} is registered in this worker's app",
-                    None,
-                    "unknown_task",
-                ),
-            )
+            delay, error = await self._unknown_task(ctx)
+            return done("unknown_task", delay=delay, error=error)
         token = set_current_job(ctx)
         try:
             result = await self._call(task, ctx)
@@ -286,6 +289,42 @@ class Executor:
             if future.cancelled():  # wait_for gave up on it (the thread may still run)
                 raise AttemptTimeout(timeout) from exc
             raise
+
+    async def _unknown_task(self, ctx: JobContext) -> tuple[float, str]:
+        """The delay and error record for a job whose task this app does not have.
+
+        A run of them keeps one record on the job (job_finish_many replaces the previous
+        one): `times` counts the repeats and sets the delay, `first_at` says since when.
+        """
+        previous = await self._last_error(ctx.job_id)
+        times, first_at = 1, datetime.now(UTC).isoformat()
+        if previous is not None and previous.get("kind") == "unknown_task":
+            times = int(previous.get("times") or 1) + 1
+            first_at = str(previous.get("first_at") or previous.get("at") or first_at)
+        delay = self._unknown_task_delay.delay(times)
+        record = json.loads(
+            self._error(
+                ctx,
+                "TaskNotFound",
+                f"no task named {ctx.task!r} is registered in this worker's app; is the "
+                "task's module imported by the worker's app, under the same name?",
+                None,
+                "unknown_task",
+            )
+        )
+        record.update(times=times, first_at=first_at, retry_in=round(delay, 1))
+        return delay, json.dumps(record)
+
+    async def _last_error(self, job_id: int) -> dict[str, Any] | None:
+        try:
+            async with self._adb.pool("worker").connection() as conn:
+                cur = await conn.execute(self._app.queries["job_get_last_error"], {"id": job_id})
+                row = await cur.fetchone()
+        except Exception as exc:  # the count starts over; the job is still given back
+            logger.warning("job %d: could not read its last error (%s)", job_id, exc)
+            return None
+        found = row[0] if row else None
+        return found if isinstance(found, dict) else None
 
     def _error_of(self, ctx: JobContext, exc: BaseException, kind: str) -> str:
         return self._error(ctx, type(exc).__qualname__, str(exc), _tb(exc), kind)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from unbroken import telemetry
+from unbroken import logs, telemetry
 from unbroken.db._async.pool import AsyncRolePool
 from unbroken.sql import Queries
 
@@ -64,8 +64,8 @@ class Maintenance:
                 {"limit": BATCH, "restart_grace": self._settings.lease_seconds},
             )
             rows = await cur.fetchall()
-        for job_id, state, worker in rows:
-            logger.warning("rescued job %d from silent worker %s: now %s", job_id, worker, state)
+        for job_id, state, worker, task, queue, attempt, max_attempts in (r[:7] for r in rows):
+            logs.rescued(job_id, task, queue, attempt, max_attempts, state, worker)
             telemetry.emit("job.rescued", job_id=job_id, worker_id=worker, state=state)
         self.rescued += len(rows)
         if rows:

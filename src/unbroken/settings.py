@@ -237,6 +237,13 @@ class Settings(BaseSettings):
         description="Largest serialised job arguments accepted at enqueue; bigger data "
         "belongs in a table.",
     )
+    unknown_task_delay: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds before a job whose task the worker does not know is offered "
+        "again (no attempt spent); doubles per repeat, up to an hour.",
+    )
 
     metrics_port: int = Field(
         0,
@@ -244,6 +251,11 @@ class Settings(BaseSettings):
         le=65535,
         description="Port for a worker's Prometheus /metrics on 127.0.0.1 (0: off, and no "
         "telemetry cost per job).",
+    )
+    log_format: Literal["plain", "json"] = Field(
+        "plain",
+        description="The CLI's log lines: 'plain' text, or 'json', one object per line with "
+        "fixed keys (`unbroken worker --log-format`).",
     )
 
     # --- PgBouncer ---------------------------------------------------------------------------

@@ -77,6 +77,12 @@ async def record(seconds: float = 0.0, once: bool = False) -> dict[str, Any]:
     return _answer()
 
 
+@app.task(name="fail", max_attempts=2, retry=unbroken.Retry(base=0.1, cap=0.1, jitter=0))
+def fail(message: str) -> None:
+    """Fail every attempt: one retry, then dead (for the tests of the worker's job lines)."""
+    raise ValueError(message)
+
+
 @app.task(name="record_sync", retry=QUICK)
 def record_sync(seconds: float = 0.0, once: bool = False) -> dict[str, Any]:
     """`record` as a sync task, run in the worker's threads (sleeps with time.sleep)."""

@@ -190,7 +190,13 @@ class WorkerProcess:
     """
 
     def __init__(
-        self, url: str, log_dir: Path, name: str, app_ref: str = APP_REF, **settings: Any
+        self,
+        url: str,
+        log_dir: Path,
+        name: str,
+        app_ref: str = APP_REF,
+        cli_args: tuple[str, ...] = (),
+        **settings: Any,
     ) -> None:
         self.name = name
         self.worker_id = ""
@@ -212,7 +218,7 @@ class WorkerProcess:
         env.update({f"UNBROKEN_{k.upper()}": str(v) for k, v in settings.items()})
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "unbroken", "worker", "--app", app_ref],
+            [sys.executable, "-m", "unbroken", "worker", "--app", app_ref, *cli_args],
             cwd=REPO,
             env=env,
             stdout=self._log,
@@ -276,8 +282,8 @@ def worker_processes(
     """A factory of WorkerProcess; every one started is killed at the end of the block."""
     started: list[WorkerProcess] = []
 
-    def start(name: str, **settings: Any) -> WorkerProcess:
-        proc = WorkerProcess(url, log_dir, name, app_ref, **{**defaults, **settings})
+    def start(name: str, cli_args: tuple[str, ...] = (), **settings: Any) -> WorkerProcess:
+        proc = WorkerProcess(url, log_dir, name, app_ref, cli_args, **{**defaults, **settings})
         started.append(proc)
         return proc
 

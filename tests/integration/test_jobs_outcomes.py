@@ -1,8 +1,9 @@
 """What each way an attempt can end does to the job, with a real worker in this process.
 
-Unknown task, permanent error, snooze, timeouts (async and sync), retries with backoff,
-attempts exhausted, cancellation of a waiting job and of a running one. The worker runs in
-a thread (`app.worker(handle_signals=False)`); every wait polls the database.
+Permanent error, snooze, timeouts (async and sync), retries with backoff, attempts
+exhausted, cancellation of a waiting job and of a running one (an unknown task:
+test_unknown_task.py). The worker runs in a thread (`app.worker(handle_signals=False)`);
+every wait polls the database.
 """
 
 from __future__ import annotations
@@ -15,27 +16,8 @@ from datetime import datetime
 import pytest
 
 import unbroken
-from apps.harness import Probe, insert_jobs, running_worker, wait_until
+from apps.harness import Probe, running_worker, wait_until
 from unbroken import App, JobCancelled, Permanent, Snooze, current_job
-
-
-def test_an_unknown_task_goes_dead_while_the_worker_keeps_going(app: App, probe: Probe) -> None:
-    @app.task(name="known")
-    async def known(n: int) -> int:
-        return n
-
-    before = known.enqueue(1)
-    [unknown] = insert_jobs(probe, "renamed.long.ago", args=[1])
-    after = known.enqueue(2)
-    with running_worker(app):
-        row = probe.wait_state(unknown, "dead", timeout=10)
-        probe.wait_state(before, "succeeded", timeout=10)
-        probe.wait_state(after, "succeeded", timeout=10)
-    assert row["attempt"] == 1
-    [error] = row["errors"]
-    assert error["type"] == "TaskNotFound"
-    assert "renamed.long.ago" in error["message"]
-    assert error["kind"] == "unknown_task"
 
 
 def test_permanent_goes_dead_at_once_whatever_attempts_are_left(app: App, probe: Probe) -> None:

@@ -21,6 +21,7 @@ from unbroken.errors import (
     MigrationError,
     UnbrokenError,
 )
+from unbroken.logs import JsonFormatter, PlainFormatter
 
 app = typer.Typer(
     name="unbroken",
@@ -47,14 +48,34 @@ def _register() -> None:
         module.register(app)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    level = os.environ.get("UNBROKEN_LOG_LEVEL", "DEBUG" if verbose else "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
-    )
+LOG_FORMATS = ("plain", "json")
+
+
+def setup_logging(verbose: bool = False, log_format: str | None = None) -> None:
+    """Log to stderr in `log_format` (else UNBROKEN_LOG_FORMAT, else plain).
+
+    plain: one line per record; on a terminal, rich's aligned and coloured columns.
+    json: one object per line with fixed keys (unbroken.logs.JsonFormatter).
+    The level is UNBROKEN_LOG_LEVEL (default INFO); `verbose` (-v) adds unbroken's DEBUG
+    lines, among them each job's start and success. Calling it again replaces the setup.
+    """
+    chosen = log_format or os.environ.get("UNBROKEN_LOG_FORMAT") or "plain"
+    if chosen not in LOG_FORMATS:
+        source = "--log-format" if log_format else "UNBROKEN_LOG_FORMAT"
+        raise ConfigError(f"{source}: must be plain or json (got {chosen!r})")
+    level = os.environ.get("UNBROKEN_LOG_LEVEL", "INFO").upper()
+    handler: logging.Handler
+    if chosen == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    elif err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:  # a file or a pipe: never wrapped at a width, one record per line
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PlainFormatter())
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=[handler], force=True)
+    logging.getLogger("unbroken").setLevel(logging.DEBUG if verbose else logging.NOTSET)
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 

@@ -55,13 +55,24 @@ def worker(
     burst: bool = typer.Option(
         False, "--burst", envvar="UNBROKEN_BURST", help="Exit when no job is left to run."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging, with each job's start and success."
+    ),
+    log_format: str = typer.Option(
+        None,
+        "--log-format",
+        help="plain (default) or json: one object per line. Env: UNBROKEN_LOG_FORMAT.",
+    ),
 ) -> None:
     """Run a worker: fetch jobs, run them, record outcomes, until SIGTERM/SIGINT."""
     from unbroken.cli.main import setup_logging
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     the_app = load_app(app_spec)
+    if log_format is None and the_app.settings.log_format != (
+        os.environ.get("UNBROKEN_LOG_FORMAT") or "plain"
+    ):
+        setup_logging(verbose, the_app.settings.log_format)  # set in code: App(log_format=...)
     overrides: dict[str, Any] = {}
     if queue:
         overrides["queues"] = ",".join(queue)
