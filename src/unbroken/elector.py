@@ -1,9 +1,23 @@
 """Leader election through the database, so maintenance runs on exactly one worker.
 
-A row in `leaders` holds the current term; the holder renews it every third of its
-length, anyone may take it once it has expired. It needs no session state (no advisory
-lock), so it works through PgBouncer in transaction mode too. A worker that stops
-cleanly resigns, and the next one takes over at its next attempt.
+A row in `leaders` holds the current term. The holder renews it every second; a candidate
+tries every 2 s and takes it when
+
+- nobody holds it (the last leader stopped cleanly and resigned), or
+- the holder's session is gone: the row names the session advisory lock (`lock_key`) that
+  the holder's listener session takes when it connects and holds while it lives; a process
+  that dies (SIGKILL, OOM kill, crash) loses that session at once, so another worker takes
+  over within one try (2 s), without waiting for the term; or
+- the term ran out (8 s, at most a lease): what replaces a leader that is alive but stuck
+  (SIGSTOP, a blocked event loop) with its session still open, one on a host that vanished
+  without closing its sockets, and one with no session to name (listen off, PgBouncer in
+  transaction mode: LISTEN and session locks do not work there).
+
+A dead leader is so replaced within about 2 s, a stuck one or one without a session
+within 10 s (term plus one try). The term row itself needs no session, so election works
+through PgBouncer in transaction mode too. A candidate's try that finds a live leader is a
+read (no row lock, no write). Two leaders at once are harmless, only wasteful: every
+maintenance statement is guarded by the state it expects and skips locked rows.
 """
 
 from __future__ import annotations
@@ -17,6 +31,19 @@ from unbroken.db._async.pool import AsyncRolePool
 from unbroken.sql import Queries
 
 logger = logging.getLogger("unbroken.elector")
+TERM_SECONDS = 8.0  # longest term: a stuck leader is replaced within this plus one try
+RENEW_EVERY = 1.0  # the holder renews (and runs maintenance ticks) this often
+TRY_EVERY = 2.0  # a candidate tries this often: how soon a dead leader's session is noticed
+
+
+def term_for(lease_seconds: float) -> float:
+    """The term: TERM_SECONDS, never longer than a lease (a stuck leader then holds rescue
+    up no longer than the leases it rescues), never under 3 s (three renewals)."""
+    return min(TERM_SECONDS, max(3.0, lease_seconds))
+
+
+def _no_lock() -> int | None:
+    return None
 
 
 class Elector:
@@ -27,17 +54,27 @@ class Elector:
         holder: str,
         term_seconds: float,
         name: str = "maintenance",
+        lock_key: Callable[[], int | None] = _no_lock,
     ) -> None:
+        """`lock_key` returns the key of the session advisory lock this process holds right
+        now (the listener's), or None: our row then names no session, and only our term
+        says we are alive."""
         self._pool = pool
         self._elect = queries["leader_attempt_elect"]
         self._resign = queries["leader_resign"]
         self._holder = holder
         self._term = term_seconds
         self._name = name
+        self._lock_key = lock_key
         self.is_leader = False
 
     async def attempt(self) -> bool:
-        params = {"name": self._name, "holder": self._holder, "ttl": self._term}
+        params = {
+            "name": self._name,
+            "holder": self._holder,
+            "ttl": self._term,
+            "lock_key": self._lock_key(),
+        }
         async with self._pool.connection() as conn:
             row = await (await conn.execute(self._elect, params)).fetchone()
         leader = row is not None
@@ -48,8 +85,10 @@ class Elector:
         return leader
 
     async def run(self, while_leader: Callable[[], Awaitable[None]]) -> None:
-        """Try for the term every third of it; call `while_leader` each tick we hold it."""
-        interval = self._term / 3
+        """Renew every second while we lead, calling `while_leader` each time; otherwise try
+        every 2 s (a third of the term when that is shorter)."""
+        renew_every = min(RENEW_EVERY, self._term / 3)
+        try_every = min(TRY_EVERY, self._term / 3)
         while True:
             try:
                 if await self.attempt():
@@ -57,7 +96,7 @@ class Elector:
             except Exception as exc:
                 self.is_leader = False
                 logger.warning("leader election failed (%s: %s)", type(exc).__name__, exc)
-            await asyncio.sleep(min(interval, 1.0) if self.is_leader else interval)
+            await asyncio.sleep(renew_every if self.is_leader else try_every)
 
     async def resign(self) -> None:
         if not self.is_leader:

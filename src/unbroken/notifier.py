@@ -4,12 +4,19 @@ It is not from the pool (a LISTEN must stay on one session), it is checked for l
 every few seconds with a round trip, and it reconnects with backoff when it dies, waking
 the producer after each reconnect because notifications sent meanwhile are lost. Not
 used with PgBouncer in transaction mode, where LISTEN does not work: polling alone then.
+
+Its session lives exactly as long as the process (a SIGKILLed process's socket is closed by
+the kernel, and the server ends the session at once), so it also holds a session advisory
+lock under a fresh random key per connection: the mark by which other workers see that this
+process is alive (the elector names it in the leader's row). A fresh key per connection: an
+old half-open session the server has not ended yet may still hold the previous one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 
 import psycopg
@@ -18,6 +25,7 @@ from psycopg import sql
 from unbroken.db.backoff import Backoff, BackoffPolicy
 from unbroken.db.conninfo import connection_kwargs
 from unbroken.settings import Settings
+from unbroken.sql import Queries
 
 logger = logging.getLogger("unbroken.notifier")
 LIVENESS_EVERY = 5.0  # seconds between round trips that prove the listener is alive
@@ -30,12 +38,16 @@ class Notifier:
         settings: Settings,
         queues: list[str],
         on_wake: Callable[[], None],
+        queries: Queries,
     ) -> None:
         self._conninfo = conninfo
         self._settings = settings
         self._channel = f"{settings.schema_name}.jobs"
         self._queues = set(queues)
         self._on_wake = on_wake
+        self._lock_session = queries["worker_lock_session"]
+        # The advisory lock this listener's session holds now; None while it holds none.
+        self.lock_key: int | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
 
@@ -53,16 +65,26 @@ class Notifier:
             try:
                 async with conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    await self._take_lock(conn)
                     backoff.reset()
                     self.connected.set()
                     self._on_wake()  # anything sent while we were away was missed
                     await self._listen(conn)
             except (psycopg.Error, OSError) as exc:
                 self.connected.clear()
+                self.lock_key = None
                 self.reconnects += 1
                 delay = backoff.failed() or 5.0
                 logger.warning("listener lost its connection (%s), reconnecting", exc)
                 await asyncio.sleep(delay)
+
+    async def _take_lock(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+        key = secrets.randbits(63)  # >= 0: pg_locks shows it as two 32-bit halves
+        cur = await conn.execute(self._lock_session, {"lock_key": key})
+        row = await cur.fetchone()
+        # Not granted only if another session holds this very key (one chance in 2^63 per
+        # pair): no mark then, and our term alone says we are alive.
+        self.lock_key = key if row and row[0] else None
 
     async def _listen(self, conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
         while True:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from unbroken.completer import Completer
 from unbroken.db._async.pool import AsyncDatabase, AsyncRolePool
 from unbroken.db._sync.pool import Database
-from unbroken.elector import Elector
+from unbroken.elector import Elector, term_for
 from unbroken.errors import ConfigError
 from unbroken.executor import Executor
 from unbroken.leases import LeaseKeeper
@@ -96,7 +96,17 @@ class Worker:
         executor = self.executor = Executor(self.app, completer, s, self.worker_id, adb, db)
         producer = Producer(pool, queries, executor, s, self.worker_id)
         keeper = LeaseKeeper(pool, queries, executor, completer, s, self.worker_id)
-        elector = Elector(pool, queries, self.worker_id, term_seconds=max(3.0, s.lease_seconds))
+        notifier = None
+        if s.uses_listen():
+            notifier = Notifier(target.conninfo, s, s.queue_list(), producer.wake.set, queries)
+        # The listener's session lives as long as this process: its lock marks us alive.
+        elector = Elector(
+            pool,
+            queries,
+            self.worker_id,
+            term_seconds=term_for(s.lease_seconds),
+            lock_key=lambda: notifier.lock_key if notifier is not None else None,
+        )
         maintenance = self.maintenance = Maintenance(pool, queries, s)
         await keeper.register()
         self._observe(adb)
@@ -104,15 +114,15 @@ class Worker:
         background = [
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(keeper.run(), name="lease-keeper"),
-            asyncio.create_task(elector.run(maintenance.tick), name="elector"),
         ]
-        if s.uses_listen():
-            notifier = Notifier(target.conninfo, s, s.queue_list(), producer.wake.set)
+        if notifier is not None:
             background.append(asyncio.create_task(notifier.run(), name="listener"))
             try:
                 await asyncio.wait_for(notifier.connected.wait(), 5.0)
             except TimeoutError:
                 logger.warning("listener not connected yet; polling until it is")
+        # After the listener: a term we take then names its lock from the start.
+        background.append(asyncio.create_task(elector.run(maintenance.tick), name="elector"))
         producing = asyncio.create_task(producer.run(), name="producer")
         if self.burst:
             background.append(asyncio.create_task(self._burst_watch(producer), name="burst"))

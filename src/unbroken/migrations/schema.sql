@@ -98,11 +98,14 @@ CREATE TABLE unbroken.workers (
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per elected role; the holder renews expires_at, anyone may take an expired row.
+-- One row per elected role; the holder renews expires_at, anyone may take an expired row,
+-- or one whose lock_key (a session advisory lock held by the holder's listener session for
+-- as long as it lives; NULL: no such session) is no longer held.
 CREATE TABLE unbroken.leaders (
     name       text PRIMARY KEY,
     holder     text NOT NULL,
-    expires_at timestamptz NOT NULL
+    expires_at timestamptz NOT NULL,
+    lock_key   bigint
 );
 
 -- Task settings changeable at run time without a redeploy (for example a chunk size).
@@ -130,4 +133,4 @@ CREATE TABLE unbroken.migrations (
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes');
+INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (4, 'leader_session');

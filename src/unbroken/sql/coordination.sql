@@ -16,13 +16,39 @@ DELETE FROM unbroken.workers WHERE id = %(id)s
 DELETE FROM unbroken.workers WHERE heartbeat_at < now() - make_interval(secs => %(silence)s)
 
 -- name: leader_attempt_elect
--- Become or stay leader of `name` if nobody else holds an unexpired term; returns the holder when it is us.
-INSERT INTO unbroken.leaders AS l (name, holder, expires_at)
-VALUES (%(name)s, %(holder)s, now() + make_interval(secs => %(ttl)s))
+-- Become or stay leader of `name`: take the term if nobody holds it, it ran out, or its holder's session is gone; returns the holder when it is us.
+-- `lock_key` is the session advisory lock our listener's session holds while it lives (NULL:
+-- none, then our term alone says we are alive). A holder whose lock is no longer held by
+-- anyone in this database has lost that session, almost always because its process died:
+-- a candidate need not wait for its term. Candidates try every 2 s, so an attempt that finds
+-- a live leader must cost little: the INSERT's SELECT then yields no row, and no row is
+-- locked or written (ON CONFLICT alone would lock the leader's row, taking a transaction id
+-- and writing WAL each time). pg_locks is read only when the term is someone else's, unexpired,
+-- and names a lock. The conflict arm checks again under the row lock: two candidates racing
+-- for one dead leader's term, the second finds the first's live term and changes nothing.
+WITH held AS (
+    SELECT (k.classid::bigint << 32) | k.objid::bigint AS lock_key
+    FROM pg_locks AS k
+    WHERE k.locktype = 'advisory' AND k.objsubid = 1 AND k.granted
+      AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+)
+INSERT INTO unbroken.leaders AS l (name, holder, expires_at, lock_key)
+SELECT %(name)s, %(holder)s, now() + make_interval(secs => %(ttl)s), %(lock_key)s
+WHERE NOT EXISTS (
+    SELECT 1 FROM unbroken.leaders AS c
+    WHERE c.name = %(name)s AND c.holder <> %(holder)s AND c.expires_at >= now()
+      AND (c.lock_key IS NULL OR c.lock_key IN (SELECT lock_key FROM held))
+)
 ON CONFLICT (name) DO UPDATE
-SET holder = excluded.holder, expires_at = excluded.expires_at
-WHERE l.holder = excluded.holder OR l.expires_at < now()
+SET holder = excluded.holder, expires_at = excluded.expires_at, lock_key = excluded.lock_key
+WHERE l.holder = excluded.holder
+   OR l.expires_at < now()
+   OR (l.lock_key IS NOT NULL AND l.lock_key NOT IN (SELECT lock_key FROM held))
 RETURNING holder
+
+-- name: worker_lock_session
+-- Hold a session advisory lock for as long as this session lives: while it is held, other workers know this worker's process is alive.
+SELECT pg_try_advisory_lock(%(lock_key)s)
 
 -- name: leader_resign
 -- Give up leadership at shutdown so another worker takes over at once.
