@@ -147,6 +147,12 @@ class ChunkEnv:
         self.attempt += 1
         self.claim = row["claim"]
 
+    def new_job(self) -> None:
+        """Start over in the same database: an empty sink and log, a fresh job held by w1."""
+        self.sql("TRUNCATE sink, progress_log")
+        (row,) = self.sql(_NEW_JOB)
+        self.job_id, self.claim, self.attempt, self.worker_id = row["id"], row["claim"], 1, "w1"
+
     def steal(self, worker_id: str = "w2") -> None:
         """What a rescue + refetch by another worker does to the job row."""
         self.sql(
@@ -156,15 +162,18 @@ class ChunkEnv:
         )
 
 
+_NEW_JOB = (
+    "INSERT INTO unbroken.jobs (task, state, attempt, worker_id, lease_expires_at,"
+    " attempted_at) VALUES ('etl', 'running', 1, 'w1', now() + interval '5 minutes',"
+    " now()) RETURNING id, attempted_at::text AS claim"
+)
+
+
 def make_env(url: str, **overrides: Any) -> ChunkEnv:
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
         conn.execute(SETUP.encode())
-        row = conn.execute(
-            "INSERT INTO unbroken.jobs (task, state, attempt, worker_id, lease_expires_at,"
-            " attempted_at) VALUES ('etl', 'running', 1, 'w1', now() + interval '5 minutes',"
-            " now()) RETURNING id, attempted_at::text"
-        ).fetchone()
+        row = conn.execute(_NEW_JOB.encode()).fetchone()
     assert row is not None
     return ChunkEnv(url, chunk_settings(url, **overrides), row[0], row[1])
 

@@ -20,6 +20,9 @@ What the runtime guarantees, chunk by chunk:
   lost is looked up, never written twice; only `retries` failures in a row fail the attempt;
 - a retried or rescued job resumes after its last committed chunk: a source given as a
   function receives the checkpoint and seeks, any other source has its done items skipped;
+  a checkpoint of None means the source's start (a last page may have no next cursor: a
+  chunk ending with it reads on to the end first and commits `done`, and a run resumed at
+  None skips everything done), so nothing is written twice and a finished run reads nothing;
 - the chunk size is read between chunks: the job's own `chunk_size`, else the task's
   run-time setting (`task_settings`), else `chunk_size=` here, else `@app.task(chunk_size=)`;
 - chunk commits do not wait for their WAL flush (the run's last one does, and flushes all
@@ -293,6 +296,7 @@ async def run_chunks(
 
     source: items or `Page`s (iterable or async iterable), or a function of the last
         checkpoint returning them: such a source seeks on resume instead of being skipped.
+        Called with None, it must start from the beginning.
     write: `await write(chunk)` writes one chunk through `chunk.conn`, `chunk.copy`,
         `chunk.upsert` or `await chunk.session()`; it may run again for the same chunk.
     validate: maps each raw item to the item `write` gets; items it raises on are skipped
@@ -301,7 +305,9 @@ async def run_chunks(
         override it, read between chunks.
     cursor: the checkpoint after an item (for example its id); by default the count of
         items consumed. Paged sources checkpoint the page cursors instead.
-    total: how many items the source holds, for the ETA (`len(source)` when it has one).
+    total: how many items the source holds, for the ETA (`len(source)` when it has one); a
+        `Page.total` replaces it. Progress never shows a total below the items consumed,
+        and once the run is done the total is their count.
     retries: failed tries of one chunk in a row (transient errors) before the attempt fails.
     name: names this run when a job has several (say "issues", then "changelogs"): each
         keeps its own checkpoint, and a retried job skips the runs it already finished.

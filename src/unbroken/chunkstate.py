@@ -56,11 +56,15 @@ class Page(Generic[T]):
 
     A source yields either items or pages. With pages, the checkpoint is a page cursor: a
     resumed run calls the source with it and skips the items of that page already done.
+    A cursor of None (an API's last page) cannot fetch anything after the page: a chunk
+    that ends with such a page is committed only once the source was read on (usually to
+    its end, so the commit says done), and a run resumed at checkpoint None calls the
+    source with None, its start, and skips every item already done.
     """
 
     items: Sequence[T]
     cursor: Any  # JSON: give it back to the source to get the pages after this one
-    total: int | None = None  # items in the whole source, when the API tells
+    total: int | None = None  # items in the whole source, when the API tells (latest wins)
 
 
 @dataclass(frozen=True)
@@ -343,7 +347,10 @@ class ChunkRun(Generic[T]):
         self.checkpoint = self.seek = self._page_before = self._page_after = checkpoint
         # A seekable source starts at the checkpoint (only a page's done items remain to
         # skip); any other source starts from the beginning and everything done is skipped.
-        self._skip = page_skip if self.seekable else self.position
+        # So does a seekable one whose checkpoint is None: called with None, a source starts
+        # from its beginning, whatever the checkpoint None was (the cursor that fetched the
+        # first page, a page or item that had no next cursor), so `position` items are done.
+        self._skip = page_skip if self.seekable and checkpoint is not None else self.position
         self._resize(job_size, task_size)
         self._started = self.clock()
         self._mode, self._exhausted, self._has_last = None, False, False
@@ -449,13 +456,28 @@ class ChunkRun(Generic[T]):
     # --- reading -------------------------------------------------------------------------------
     def want(self) -> int:
         """How many more things the runner should read from the source now (0: stop)."""
-        if self._exhausted or self._consumed >= self.size:
+        if self._exhausted:
             return 0
+        if self._consumed >= self.size:
+            return 1 if self._past_cursorless_page() else 0
         if self._mode != "items":
             return 1  # one page at a time (or one item, until we know which it is)
         if self._skip:
             return min(self._skip, _SKIP_BATCH)
         return self.size - self._consumed
+
+    def _past_cursorless_page(self) -> bool:
+        """The full chunk ends with a page that has no next cursor (as APIs end their last
+        page): its checkpoint, None, would send a resumed run back to the source's start.
+        So read one more page before committing (issue 11): the source usually ends there,
+        and the chunk then commits `done` and a resumed run reads nothing again. A page
+        that does follow waits for the next chunk, and the checkpoint stays None (resumed:
+        the source's start, `position` items skipped) unless that page is empty."""
+        return (
+            self._mode == "pages"
+            and self._page_after is None
+            and self._page_taken >= len(self._page)
+        )
 
     def exhausted(self) -> None:
         """The runner found the end of the source."""
@@ -577,7 +599,13 @@ class ChunkRun(Generic[T]):
         position = self.position + self._consumed
         elapsed = self.clock() - self._started
         rate = (position - self._start_position) / elapsed if elapsed > 0 else None
+        # A total is what the source said (an argument, len(), the latest Page.total): it may
+        # be stale, and a later page may say less. Items consumed are a fact: the total shown
+        # is never below them (a CHECK on jobs.progress holds it), and once the source is read
+        # to its end it is exactly what was consumed.
         total = self.total
+        if done or (total is not None and total < position):
+            total = position
         eta = (max(0, total - position) / rate) if total is not None and rate else None
         if done:
             eta = 0.0
@@ -617,7 +645,7 @@ class ChunkRun(Generic[T]):
         p = pending.progress
         self.position, self.processed, self.failed = p["position"], p["processed"], p["failed"]
         self.chunks, self.errors, self.done = p["chunks"], p["errors"], pending.done
-        self.checkpoint = pending.checkpoint
+        self.checkpoint, self.total = pending.checkpoint, p["total"]
         self.seq, self.finished = p["seq"], p["finished"]
         self.job.checkpoint = pending.checkpoint  # task code sees the committed checkpoint
         if row:  # a settled commit (row == ()) tells nothing new about sizes

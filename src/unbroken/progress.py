@@ -13,7 +13,8 @@ Keys of `jobs.progress`:
 | position     | items consumed from the source (written + failed); resumes and fences on it  |
 | processed    | items handed to the chunk's writer and committed                             |
 | failed       | items that failed validation and were skipped                                |
-| total        | items in the source, when known (argument, `len(source)` or `Page.total`)    |
+| total        | items in the source, when known (argument, `len(source)` or `Page.total`);   |
+|              | never below position (a CHECK holds it), and exactly position once done     |
 | chunks       | chunks committed                                                             |
 | chunk_size   | the size the last chunk was read with                                        |
 | rate         | items per second in the latest attempt (reading included)                    |

@@ -2,7 +2,8 @@
 
 `chunked_copy` (and `chunked_copy_sync`, its sync twin) copies a slow, deterministic,
 seekable paged source (record n is `(n, "record-n")` for n in 1..items, in pages of
-`page_size`, each behind `latency_ms`) into `chunk_sink` in checkpointed chunks. The
+`page_size`, each behind `latency_ms`) into `chunk_sink` in checkpointed chunks
+(`end_cursor_none`: the last page's cursor is None, as many APIs end their pages). The
 sink's upsert counts writes per record, so a second write of any record shows as
 `writes = 2`. `SETUP_SQL` (run by the test in its database) creates the sink and
 `checkpoint_log`, which a trigger fills with every committed change of a job's progress:
@@ -81,9 +82,10 @@ def record(n: int) -> Record:
 class PagedSource:
     """A paged API: `pages(cursor)` seeks to `cursor` (a position) like Jira's startAt.
 
-    `stall_at`: before serving the first page at or after this position, log a line and
-    wait `stall_seconds` (a slow page the test can pause the worker in: no connection is
-    held and no transaction is open while a source is read).
+    `stall_at`: before serving the first page at or after this position (or before ending,
+    when it is the source's end), log a line and wait `stall_seconds` (a slow page the test
+    can pause the worker in: no connection is held and no transaction is open while a
+    source is read). `end_cursor_none`: the last page's cursor is None (no next page).
     """
 
     def __init__(
@@ -93,8 +95,10 @@ class PagedSource:
         latency: float,
         stall_at: int | None = None,
         stall_seconds: float = 0.0,
+        end_cursor_none: bool = False,
     ) -> None:
         self.items = items
+        self.end_cursor_none = end_cursor_none
         self.page_size = page_size
         self.latency = latency
         self.stall_at = stall_at
@@ -111,6 +115,8 @@ class PagedSource:
                 await asyncio.sleep(self.stall_seconds)
             yield self._page(position)
             position += self.page_size
+        if self._stalls_at(position):  # the source's end is found once the stall is over
+            await asyncio.sleep(self.stall_seconds)
 
     def pages_sync(self, cursor: Any) -> Iterator[Page[Record]]:
         """`pages` for sync tasks (it sleeps in the job's thread)."""
@@ -122,11 +128,14 @@ class PagedSource:
                 time.sleep(self.stall_seconds)
             yield self._page(position)
             position += self.page_size
+        if self._stalls_at(position):
+            time.sleep(self.stall_seconds)
 
     def _page(self, position: int) -> Page[Record]:
         self.pages_read += 1
         end = min(position + self.page_size, self.items)
-        return Page([record(n) for n in range(position, end)], cursor=end, total=self.items)
+        cursor = None if end >= self.items and self.end_cursor_none else end
+        return Page([record(n) for n in range(position, end)], cursor=cursor, total=self.items)
 
     def _stalls_at(self, position: int) -> bool:
         if self.stall_at is None or position < self.stall_at:
@@ -134,7 +143,7 @@ class PagedSource:
         self.stall_at = None
         job = current_job()
         logger.warning(
-            "chunk_app: job %d attempt %d stalls %.1f s before the page at %d",
+            "chunk_app: job %d attempt %d stalls %.1f s before the page (or the end) at %d",
             job.job_id,
             job.attempt,
             self.stall_seconds,
@@ -169,13 +178,16 @@ async def chunked_copy(
     write_delay: float = 0.0,
     stall_at: int | None = None,
     stall_seconds: float = 0.0,
+    end_cursor_none: bool = False,
+    linger_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Copy the source into chunk_sink. `write_delay` keeps each chunk's transaction open
-    that much longer (a slow sink); the stall happens on attempt 1 only."""
+    that much longer (a slow sink); the stall happens on attempt 1 only, and so does the
+    linger: `linger_seconds` after the run returned, before the task does."""
     _observe()
     job = current_job()
     stall = stall_at if job.attempt == 1 else None
-    source = PagedSource(items, page_size, latency_ms / 1000, stall, stall_seconds)
+    source = PagedSource(items, page_size, latency_ms / 1000, stall, stall_seconds, end_cursor_none)
 
     async def write(chunk: AsyncChunk[Record]) -> None:
         await chunk.conn.execute(UPSERT, _rows(chunk.items, job.attempt))
@@ -183,6 +195,8 @@ async def chunked_copy(
             await asyncio.sleep(write_delay)
 
     progress = await run_chunks(source.pages, write, chunk_size=chunk_size)
+    if linger_seconds and _lingers(progress):
+        await asyncio.sleep(linger_seconds)
     return _result(source, progress)
 
 
@@ -195,12 +209,14 @@ def chunked_copy_sync(
     write_delay: float = 0.0,
     stall_at: int | None = None,
     stall_seconds: float = 0.0,
+    end_cursor_none: bool = False,
+    linger_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """`chunked_copy` as a sync task (run_chunks_sync, in the worker's threads)."""
     _observe()
     job = current_job()
     stall = stall_at if job.attempt == 1 else None
-    source = PagedSource(items, page_size, latency_ms / 1000, stall, stall_seconds)
+    source = PagedSource(items, page_size, latency_ms / 1000, stall, stall_seconds, end_cursor_none)
 
     def write(chunk: Chunk[Record]) -> None:
         chunk.conn.execute(UPSERT, _rows(chunk.items, job.attempt))
@@ -208,7 +224,24 @@ def chunked_copy_sync(
             time.sleep(write_delay)
 
     progress = run_chunks_sync(source.pages_sync, write, chunk_size=chunk_size)
+    if linger_seconds and _lingers(progress):
+        time.sleep(linger_seconds)
     return _result(source, progress)
+
+
+def _lingers(progress: Progress) -> bool:
+    """On attempt 1: log that the run is over and the task lingers before returning."""
+    job = current_job()
+    if job.attempt != 1:
+        return False
+    logger.warning(
+        "chunk_app: job %d attempt %d lingers after its run (position %d, done %s)",
+        job.job_id,
+        job.attempt,
+        progress.position,
+        progress.done,
+    )
+    return True
 
 
 def _rows(items: list[Record], attempt: int) -> list[Any]:

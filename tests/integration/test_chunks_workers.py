@@ -192,6 +192,73 @@ def test_worker_killed_mid_job_second_worker_resumes_from_the_checkpoint(
     assert survivor.stop() == 0
 
 
+@pytest.mark.parametrize(
+    ("task", "kill_at"),
+    [(TASK, "source-end"), (TASK_SYNC, "source-end"), (TASK, "after-run")],
+    ids=["async-source-end", "sync-source-end", "async-after-run"],
+)
+def test_killed_after_a_last_page_without_cursor_the_retry_writes_nothing_twice(
+    probe: Probe, workers: StartWorker, task: str, kill_at: str
+) -> None:
+    """Issue 11: the last page's cursor is None and a chunk ends exactly with it (1000
+    items, pages of 50, chunks of 250). The worker is SIGKILLed once everything is written
+    but before the job finished: while it reads past the last page (source-end), or after
+    run_chunks returned (after-run). The rescued attempt must write nothing again: None is
+    not "start from the beginning" there, and the position never exceeds the total."""
+    items, page_size, chunk_size = 1000, 50, 250
+    a, b = workers("a"), workers("b")
+    a.wait_registered(probe)
+    b.wait_registered(probe)
+    args: dict[str, Any] = {
+        "items": items,
+        "page_size": page_size,
+        "latency_ms": 2,
+        "chunk_size": chunk_size,
+        "end_cursor_none": True,
+    }
+    if kill_at == "source-end":
+        args |= {"stall_at": items, "stall_seconds": 60}  # attempt 1 stalls past the end
+        word = "stalls"
+    else:
+        args |= {"linger_seconds": 60}  # attempt 1 lingers after its run returned
+        word = "lingers"
+    [job] = insert_jobs(probe, task, kwargs=args)
+
+    victim = wait_until(
+        lambda: next((w for w in (a, b) if word in w.log_flat()), None),
+        timeout=30,
+        what=f"attempt 1 to reach its kill point ({kill_at})",
+    )
+    row = job_of(probe, job)
+    assert (row["state"], row["attempt"]) == ("running", 1), row
+    if kill_at == "after-run":
+        assert (row["progress"]["position"], row["progress"]["done"]) == (items, True), row
+    survivor = b if victim is a else a
+    victim.signal(signal.SIGKILL)
+    victim.proc.wait(10)
+
+    try:
+        final = wait_succeeded(probe, job, timeout=TAKEOVER + 30)
+    except AssertionError:  # what the survivor did instead, for whoever reads the failure
+        print(f"job: {job_of(probe, job)}\nsurvivor's log: {survivor.log()[-6000:]}")
+        raise
+    log = checkpoints(probe, job)
+    print(f"killed {victim.name} at {kill_at}; result {final['result']}; log {log[-3:]}")
+    assert (final["attempt"], final["rescues"]) == (2, 1), final
+    assert final["result"]["worker"] == survivor.worker_id
+    assert_exactly_once(probe, items)
+    progress = final["progress"]
+    assert (progress["position"], progress["total"], progress["done"]) == (items, items, True)
+    positions = [c["position"] for c in log]
+    assert positions == sorted(positions), f"a checkpoint went backwards: {positions}"
+    assert max(positions) == items, positions
+    assert [c["seq"] for c in log] == list(range(1, len(log) + 1))
+    if kill_at == "after-run":  # finished: attempt 2 neither reads nor writes
+        assert (final["result"]["opened_at"], final["result"]["pages_read"]) == ([], 0)
+        assert [c for c in log if c["attempt"] == 2] == []
+    assert survivor.stop() == 0
+
+
 @contextlib.contextmanager
 def heartbeat_held(url: str, worker_id: str) -> Iterator[None]:
     """Keep the worker's row in unbroken.workers locked: its heartbeat (one statement that

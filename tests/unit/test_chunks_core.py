@@ -261,6 +261,92 @@ def test_a_paged_source_that_cannot_seek_is_skipped_by_count() -> None:
     assert out.chunks == [[7, 8, 9, 10, 11]]
 
 
+def pages_ending_without_cursor(cursor: int | None, opened: list[Any]) -> Iterator[Page[int]]:
+    """Pages of 4 of 0..11 fetched by page number; the last one has no next cursor."""
+    opened.append(cursor)
+    for number in range(cursor or 0, 3):
+        yield Page(list(range(4 * number, 4 * number + 4)), number + 1 if number < 2 else None)
+
+
+def test_a_chunk_ending_with_a_last_page_without_cursor_commits_done() -> None:
+    """Issue 11: its checkpoint is None, which a resumed run would read as "start"; the
+    run reads on to the source's end first, so that commit says done."""
+    fake, opened = FakeJob(), list[Any]()
+    out = drive(
+        ChunkRun(job(), seekable=True, chunk_size=4),
+        lambda c: pages_ending_without_cursor(c, opened),
+        fake,
+    )
+    assert out.chunks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert [(c["checkpoint"], c["position"], c["done"]) for c in fake.commits] == [
+        (1, 4, False),
+        (2, 8, False),
+        (None, 12, True),  # no bare "done" commit after it: nothing is left to resume
+    ]
+
+    again = drive(ChunkRun(job(attempt=2), seekable=True), lambda c: [], fake)
+    assert (again.chunks, again.result.position, len(fake.commits)) == ([], 12, 3)
+
+
+def test_a_page_after_one_without_cursor_waits_for_the_next_chunk() -> None:
+    def source(cursor: int | None) -> Iterator[Page[int]]:
+        yield Page([0, 1], None)  # an API that gives no cursor, yet goes on
+        yield Page([2, 3], None)
+        yield Page([4], 5)
+
+    fake = FakeJob()
+    out = drive(ChunkRun(job(), seekable=True, chunk_size=2), source, fake)
+    assert out.chunks == [[0, 1], [2, 3], [4]]
+    assert [(c["checkpoint"], c["position"], c["done"]) for c in fake.commits] == [
+        (None, 2, False),  # None: the source's start, 2 items into it
+        (None, 4, False),
+        (5, 5, True),
+    ]
+
+
+@pytest.mark.parametrize("paged", [True, False])
+def test_resume_at_checkpoint_none_skips_everything_done_from_the_start(paged: bool) -> None:
+    """A checkpoint None with items done (rows written before issue 11's fix, a cursor that
+    was None): called with None the source starts over, so `position` items are skipped."""
+    fake = FakeJob(progress={"run": "main", "seq": 3, "position": 12, "done": False})
+    opened: list[Any] = []
+    if paged:
+        out = drive(
+            ChunkRun(job(), seekable=True),
+            lambda c: pages_ending_without_cursor(c, opened),
+            fake,
+        )
+    else:
+        def items(cursor: Any) -> range:
+            opened.append(cursor)
+            return range(12)
+
+        out = drive(ChunkRun(job(), seekable=True, cursor=lambda i: None), items, fake)
+    assert opened == [None]
+    assert out.chunks == []  # read again, written never
+    assert [(c["position"], c["done"]) for c in fake.commits] == [(12, True)]
+
+
+def test_the_total_shown_is_never_below_the_position_and_exact_once_done() -> None:
+    def source(cursor: int | None) -> Iterator[Page[int]]:
+        yield Page([0, 1, 2], 1, total=3)
+        yield Page([3, 4, 5], 2, total=2)  # a later page says less than was already read
+        yield Page([6, 7], 3, total=9)
+
+    fake = FakeJob()
+    out = drive(ChunkRun(job(), seekable=True, chunk_size=2), source, fake)
+    assert [(c["position"], c["total"]) for c in fake.commits] == [
+        (2, 3),
+        (4, 4),  # the page said 2: raised to what was consumed
+        (6, 6),
+        (8, 9),
+        (8, 8),  # done: the total is what the source held
+    ]
+    assert out.result.total == 8
+    told = drive(ChunkRun(job(), seekable=False, chunk_size=4, total=10), range(6), FakeJob())
+    assert (told.result.position, told.result.total) == (6, 6)
+
+
 def test_items_and_pages_do_not_mix() -> None:
     with pytest.raises(TypeError, match="either items or Pages"):
         drive(ChunkRun(job(), seekable=False, chunk_size=3), [1, Page([2], 1)], FakeJob())

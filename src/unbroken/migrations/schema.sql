@@ -46,7 +46,14 @@ CREATE TABLE unbroken.jobs (
         (state = 'running') = (lease_expires_at IS NOT NULL AND worker_id IS NOT NULL)),
     CONSTRAINT jobs_running_was_attempted CHECK (state <> 'running' OR attempt >= 1),
     CONSTRAINT jobs_errors_is_array CHECK (jsonb_typeof(errors) = 'array'),
-    CONSTRAINT jobs_chunk_size_positive CHECK (chunk_size IS NULL OR chunk_size >= 1)
+    CONSTRAINT jobs_chunk_size_positive CHECK (chunk_size IS NULL OR chunk_size >= 1),
+    -- A chunked job never says it consumed more items than its source holds (0003).
+    CONSTRAINT jobs_progress_within_total CHECK (
+        CASE WHEN jsonb_typeof(progress -> 'position') = 'number'
+                  AND jsonb_typeof(progress -> 'total') = 'number'
+             THEN (progress ->> 'position')::numeric <= (progress ->> 'total')::numeric
+             ELSE true
+        END)
 );
 
 -- The fetch walks this index in order: priority first (larger runs first), then age.
@@ -133,4 +140,4 @@ CREATE TABLE unbroken.migrations (
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (4, 'leader_session');
+INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session');
