@@ -51,7 +51,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 WAIT_BUCKETS = DURATION_BUCKETS[1:]  # a wait under 10 ms is one bucket
 SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-FAILED_OUTCOMES = frozenset({"failed", "dead", "timeout"})
+FAILED_OUTCOMES = frozenset({"failed", "dead", "timeout", "unknown_task"})
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,14 @@ SPECS: tuple[Spec, ...] = (
         "counter",
         "unbroken_jobs_processed",
         "Attempts finished, by outcome (succeeded, failed, dead, cancelled, snoozed, timeout, "
-        "handback).",
+        "handback, unknown_task).",
         ("queue", "task", "outcome"),
         "job.finished",
     ),
     Spec(
         "counter",
         "unbroken_jobs_failed",
-        "Attempts that failed (outcome failed, dead or timeout).",
+        "Attempts that failed (outcome failed, dead, timeout or unknown_task).",
         ("queue", "task"),
         "job.finished",
     ),
