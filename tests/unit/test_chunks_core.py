@@ -317,6 +317,7 @@ def test_resume_at_checkpoint_none_skips_everything_done_from_the_start(paged: b
             fake,
         )
     else:
+
         def items(cursor: Any) -> range:
             opened.append(cursor)
             return range(12)
