@@ -7,10 +7,11 @@
 
 Parts: throughput (one and two worker processes, database cost, sessions), pgqueuer
 (PGQueuer 1.6 side by side; with throughput also run, the two are then compared in
-back-to-back pairs), floor (the SQL floor), enqueue, latency, reconnect, chunks
-(bench/chunks.py, when present: its `run_section(server)` is called if it has one, else it
-runs as `python -m bench.chunks`). A throwaway server is started for the run unless
-`--embedded` says to use the embedded default server. See docs/benchmarks.md.
+back-to-back pairs), floor (the SQL floor), enqueue, latency, reconnect, takeover (the
+leader killed or frozen), chunks (bench/chunks.py, when present: its `run_section(server)`
+is called if it has one, else it runs as `python -m bench.chunks`). A throwaway server is
+started for the run unless `--embedded` says to use the embedded default server. See
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -27,11 +28,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import compare, cpu, enqueue, floor, latency, pgqueuer_bench, reconnect, throughput
+from bench import (
+    compare,
+    cpu,
+    enqueue,
+    floor,
+    latency,
+    pgqueuer_bench,
+    reconnect,
+    takeover,
+    throughput,
+)
 from bench.common import ROOT, Results, fmt, progress, say, table, verdict
 from bench.server import BenchServer
 
-PARTS = ("throughput", "pgqueuer", "floor", "enqueue", "latency", "reconnect", "chunks")
+PARTS = ("throughput", "pgqueuer", "floor", "enqueue", "latency", "reconnect", "takeover", "chunks")
 
 
 def _ints(text: str) -> list[int]:
@@ -70,6 +81,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-samples", type=int, default=1000)
     p.add_argument("--latency-concurrency", type=int, default=100)
     p.add_argument("--reconnect-repeat", type=int, default=5)
+    p.add_argument("--takeover-repeat", type=int, default=5, help="runs per takeover case")
     p.add_argument(
         "--quiet-threshold",
         type=float,
@@ -103,6 +115,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.enqueue_bulk = 20_000
         args.latency_samples = 100
         args.reconnect_repeat = 1
+        args.takeover_repeat = 1
         args.pairs = 1
     return args
 
@@ -126,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"results so far in {written}")
 
     server: BenchServer | None = None
-    if any(p in wanted for p in ("throughput", "pgqueuer", "floor", "enqueue", "latency")):
+    if any(
+        p in wanted for p in ("throughput", "pgqueuer", "floor", "enqueue", "latency", "takeover")
+    ):
         server = BenchServer(embedded=args.embedded).start()
         conf = server.settings_report()
         results.section("server", conf)
@@ -183,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         repeat=args.repeat,
                     ),
                 ),
+                ("takeover", lambda: takeover.run_section(srv, repeat=args.takeover_repeat)),
             ]
         steps += [
             (
@@ -345,8 +361,17 @@ def summary(sections: dict[str, Any]) -> str:
                 verdict(worst < reconnect.TARGET_SECONDS),
             ]
         )
+    for case, data in sections.get("takeover", {}).get("cases", {}).items():
+        rows.append(
+            [
+                f"leader takeover, {case}",
+                f"<= {takeover.TARGET_SECONDS:g} s",
+                f"{data['takeover_median_s']:.2f} s median, {data['takeover_max_s']:.2f} s max",
+                verdict(data["takeover_max_s"] <= takeover.TARGET_SECONDS),
+            ]
+        )
     return table(
-        "targets (issue 3, and issue 2 for reconnect)",
+        "targets (issue 3, issue 2 for reconnect, issue 11 for takeover)",
         ["figure", "target", "measured", "verdict"],
         rows,
     )
