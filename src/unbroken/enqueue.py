@@ -2,13 +2,17 @@
 
 Everything that can be wrong with a job is caught here, before a byte is written: an
 argument that does not fit the task's signature, one that JSON cannot hold, a payload
-over the size limit. A refused job raises `EnqueueError` with one line naming the task
-and the problem; a batch is refused whole.
+over the size limit, arguments nested deeper than `MAX_ARGS_DEPTH`. A refused job raises
+`EnqueueError` with one line naming the task and the problem; a batch is refused whole.
+
+`decode_payload` is the way back, for a worker: a row's args text to the payload, or a
+ValueError saying why it cannot be one (a row another client wrote).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +25,14 @@ from psycopg.types.json import Jsonb
 from unbroken.errors import EnqueueError
 
 _UNSAFE_NAME = re.compile(r"[\t\n\r\\]")
+
+# How deep an argument may nest ([[...]] and {"a": {...}} count a level each). JSON
+# decoders recurse once per level, and a worker decodes on a deeper stack than the caller
+# encoded on: ~1,000 levels got in and no worker could read them. 64 is far beyond what
+# real arguments need and far below any decoder's limit.
+MAX_ARGS_DEPTH = 64
+# The same bound on a whole payload: {"args": [...], "kwargs": {...}} adds two levels.
+MAX_PAYLOAD_DEPTH = MAX_ARGS_DEPTH + 2
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,69 @@ _encode_chunks = c_make_encoder(
 
 def _encode(obj: Any) -> str:
     return "".join(_encode_chunks(obj, 0))
+
+
+_AS_PARENS = bytes.maketrans(b"[]{}", b"()()")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_NOT_BRACKETS_OR_QUOTES = bytes(c for c in range(256) if c not in b'[]{}"')
+
+
+def nested_deeper_than(text: str, limit: int) -> bool:
+    """Whether JSON `text` nests more than `limit` levels (each [...] and {...} is one).
+
+    The count of opening brackets bounds the depth, and is all most texts cost. Past it,
+    all in C: the strings are taken out (their brackets do not count), the brackets left
+    become parentheses, and each `replace(b"()", b"")` removes exactly one level (it
+    never matches across what it removed): deeper than `limit` if any is left after
+    `limit` passes. Strings go by keeping only brackets and quotes and dropping `""`
+    pairs; a quote left means a string held a bracket, and then they go by splitting on
+    quotes. Escaped quotes go first (escaped backslashes before them, so a string that
+    ends in a backslash still ends).
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    if "\\" in text:
+        text = text.replace("\\\\", "").replace('\\"', "")
+    parens = text.encode().translate(_AS_PARENS, _NOT_BRACKETS_OR_QUOTES).replace(b'""', b"")
+    if b'"' in parens:
+        outside = "".join(text.split('"')[::2])
+        parens = outside.encode().translate(_AS_PARENS, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not parens:
+            return False
+        parens = parens.replace(b"()", b"")
+    return bool(parens)
+
+
+_JSON_KIND = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _JSON_KIND.get(type(value), "a number")
+
+
+def decode_payload(text: str) -> dict[str, Any]:
+    """A job row's args (JSON text) as its {"args": [...], "kwargs": {...}} payload.
+
+    Raises ValueError with the reason when the text cannot be one: too deep for the
+    decoder, not an object, "args" not a list, "kwargs" not an object (missing ones are
+    empty). Enqueue never writes such a row; another client's SQL or an older version can.
+    """
+    try:
+        payload = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply for the JSON decoder") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f'{_kind(payload)}, not an object with "args" and "kwargs"')
+    args = payload.get("args", [])
+    if not isinstance(args, list):
+        raise ValueError(f'"args" is {_kind(args)}, not a list')
+    kwargs = payload.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ValueError(f'"kwargs" is {_kind(kwargs)}, not an object')
+    return payload
 
 
 def argument_checker(
@@ -206,17 +281,28 @@ class JobMaker:
             raise EnqueueError(f"task {task}: arguments do not fit its signature: {exc}") from None
         try:
             payload = _encode({"args": list(args), "kwargs": kwargs})
-        except (TypeError, ValueError, RecursionError) as exc:
-            if isinstance(exc, RecursionError):
-                exc = ValueError("they are nested too deeply or refer to themselves")
+        except RecursionError:
+            raise EnqueueError(
+                f"task {task}: arguments are nested more than {MAX_ARGS_DEPTH} levels deep "
+                "or refer to themselves"
+            ) from None
+        except (TypeError, ValueError) as exc:
             raise EnqueueError(
                 f"task {task}: arguments cannot be serialised to JSON: {exc}"
             ) from None
-        if len(payload) > self.max_payload_bytes:
+        # ASCII (the encoder escapes the rest): characters are bytes.
+        size = len(payload)
+        if size > self.max_payload_bytes:
             raise EnqueueError(
-                f"task {task}: arguments are {len(payload):,} bytes, over the limit of "
+                f"task {task}: arguments are {size:,} bytes, over the limit of "
                 f"{self.max_payload_bytes:,} (UNBROKEN_MAX_PAYLOAD_BYTES); store big data in "
                 "a table and pass its key"
+            )
+        # Each level takes two characters: most payloads are too short to be too deep.
+        if size > 2 * MAX_PAYLOAD_DEPTH and nested_deeper_than(payload, MAX_PAYLOAD_DEPTH):
+            raise EnqueueError(
+                f"task {task}: arguments are nested more than {MAX_ARGS_DEPTH} levels deep "
+                "(the limit); pass flatter data"
             )
         prio = self.priority
         if self.priority_fn is not None:

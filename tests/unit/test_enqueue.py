@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unbroken.enqueue import (
     COPY_PIECE_ROWS,
+    MAX_ARGS_DEPTH,
     EnqueueOptions,
     JobMaker,
     argument_checker,
     copy_pieces,
     copy_query_name,
+    decode_payload,
+    nested_deeper_than,
 )
 from unbroken.errors import EnqueueError
 
@@ -74,6 +80,98 @@ def test_arguments_that_refer_to_themselves_are_refused() -> None:
     loop.append(loop)
     with pytest.raises(EnqueueError, match="refer to themselves"):
         maker()((loop,), {})
+
+
+def nested(depth: int) -> Any:
+    value: Any = 0
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_arguments_deeper_than_the_limit_are_refused_naming_it() -> None:
+    roomy = JobMaker(
+        task="t",
+        check=argument_checker(None),
+        queue="q",
+        priority=0,
+        max_attempts=3,
+        unique=None,
+        options=EnqueueOptions(),
+        max_payload_bytes=10_000,
+        now=lambda: NOW,
+    )
+    assert roomy((nested(MAX_ARGS_DEPTH),), {"b": nested(MAX_ARGS_DEPTH)})
+    for args, kwargs in [((nested(MAX_ARGS_DEPTH + 1),), {}), ((), {"b": nested(65)})]:
+        with pytest.raises(EnqueueError, match="nested more than 64 levels deep") as info:
+            roomy(args, kwargs)
+        assert str(info.value) == (
+            "task t: arguments are nested more than 64 levels deep (the limit); pass flatter data"
+        )
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "deeper"),
+    [
+        ('{"args":[],"kwargs":{}}', 2, False),
+        ('{"args":[[]],"kwargs":{}}', 2, True),
+        ('{"args":["[[[[{{{{"],"kwargs":{}}', 2, False),  # brackets in strings do not count
+        (r'{"args":["\\\"[[[", "\\"],"kwargs":{}}', 2, False),  # nor escaped quotes
+        ('{"a": [1, {"b": [2]}], "c": [[[]]]}', 4, False),  # PostgreSQL's jsonb text
+        ('{"a": [1, {"b": [2]}], "c": [[[[]]]]}', 4, True),
+        ("[" * 3000 + "]" * 3000, 66, True),
+        ("[]" * 3000, 66, False),  # many brackets, shallow
+    ],
+)
+def test_nesting_is_measured_on_the_json_text(text: str, limit: int, deeper: bool) -> None:
+    if len(text) < 1000:
+        json.loads(text)  # the cases are JSON
+    assert nested_deeper_than(text, limit) is deeper
+
+
+def depth_of(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    return 0
+
+
+# Strings made of what could fool a scan of the text: brackets, quotes, backslashes.
+tricky = st.text(alphabet='[]{}"\\ aé', max_size=6)
+json_values = st.recursive(
+    st.none() | st.integers() | tricky,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(tricky, inner, max_size=3),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=json_values, limit=st.integers(0, 8))
+def test_nesting_measured_on_the_text_is_the_values_depth(value: Any, limit: int) -> None:
+    deeper = depth_of(value) > limit
+    assert nested_deeper_than(json.dumps(value, separators=(",", ":")), limit) is deeper
+    assert nested_deeper_than(json.dumps(value, ensure_ascii=False), limit) is deeper
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[" * 5000 + "]" * 5000, "nested too deeply for the JSON decoder"),
+        ("[1, 2]", 'an array, not an object with "args" and "kwargs"'),
+        ("null", 'null, not an object with "args" and "kwargs"'),
+        ('{"args": "x"}', '"args" is a string, not a list'),
+        ('{"args": [], "kwargs": true}', '"kwargs" is a boolean, not an object'),
+    ],
+)
+def test_a_payload_that_cannot_be_one_says_why(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match="^" + reason.replace("[", "\\[") + "$"):
+        decode_payload(text)
+
+
+def test_a_payload_decodes_with_missing_parts_empty() -> None:
+    assert decode_payload('{"args": [1], "kwargs": {"a": 2}}') == {"args": [1], "kwargs": {"a": 2}}
+    assert decode_payload("{}") == {}  # the executor reads missing args and kwargs as empty
 
 
 def test_copy_text_is_cut_into_pieces_with_backslashes_doubled() -> None:
