@@ -5,18 +5,29 @@ notification from the listener, a full previous batch (a backlog), or the poll i
 running out (the safety net when notifications are lost or LISTEN is unavailable).
 Under a backlog it lets a few slots accumulate before fetching again (a few ms at most),
 so one statement claims many jobs instead of one each.
+
+The fetch returns each job's args as text and decodes them here, one row at a time: a
+row no decoder can read (nested too deeply, not an {"args": [...], "kwargs": {...}}
+object: another client's SQL, an older version) goes dead at once with its reason, as an
+outcome through the completer, while the rest of its batch runs. Decoding inside the
+fetch would fail the whole batch and leave its claimed jobs running until their leases
+ran out, again at every rescue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from unbroken import telemetry
+from unbroken.completer import Completer, Outcome
 from unbroken.db._async.pool import AsyncRolePool
 from unbroken.db.backoff import Backoff, BackoffPolicy
+from unbroken.enqueue import decode_payload
 from unbroken.executor import Executor
 from unbroken.sql import Queries
 
@@ -32,10 +43,12 @@ class Producer:
         executor: Executor,
         settings: Any,
         worker_id: str,
+        completer: Completer,
     ) -> None:
         self._pool = pool
         self._sql = queries["job_get_available"]
         self._executor = executor
+        self._completer = completer
         self._queues: list[str] = settings.queue_list()
         self._lease: float = settings.lease_seconds
         self._poll: float = settings.poll_interval
@@ -76,8 +89,17 @@ class Producer:
                 continue
             errors.reset()
             self.fetches += 1
+            undecodable = []
             for row in rows:
-                self._executor.start(row)
+                try:
+                    payload = decode_payload(row[3])
+                except ValueError as exc:
+                    undecodable.append((row, str(exc)))
+                    continue
+                self._executor.start((*row[:3], payload, *row[4:]))
+            # After the others have started: put() waits while the completer's buffer is full.
+            for row, reason in undecodable:
+                await self._undecodable(row, reason)
             backlog = len(rows) >= limit
             self.last_fetch_empty = not rows
             if rows:
@@ -87,6 +109,40 @@ class Producer:
                     count=len(rows),
                     free_slots=limit,
                 )
+
+    async def _undecodable(self, row: tuple[Any, ...], reason: str) -> None:
+        """Send a claimed job whose args cannot be decoded straight to dead, with why."""
+        job_id, queue, task, _args, attempt = row[:5]
+        claim = row[11]
+        message = f"arguments cannot be decoded: {reason}"
+        logger.error("job %d (%s) is dead, its %s", job_id, task, message)
+        error = json.dumps(
+            {
+                "attempt": attempt,
+                "at": datetime.now(UTC).isoformat(),
+                "worker": self._worker_id,
+                "type": "UndecodableArgs",
+                "message": message,
+                "traceback": None,
+                "kind": "undecodable",
+            }
+        )
+        if telemetry.active():
+            telemetry.emit(
+                "job.finished",
+                job_id=job_id,
+                task=task,
+                queue=queue,
+                attempt=attempt,
+                outcome="dead",
+                duration_s=0.0,
+                error_type="UndecodableArgs",
+                error=error,
+            )
+        # Written, fenced and batched like any outcome; its lease is renewed meanwhile.
+        await self._completer.put(
+            Outcome(job_id, attempt, claim, "dead", "undecodable", queue, task, error=error)
+        )
 
     async def _fetch(self, limit: int) -> list[tuple[Any, ...]]:
         params = {

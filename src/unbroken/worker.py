@@ -94,7 +94,7 @@ class Worker:
 
         completer = self.completer = Completer(pool, queries, self.worker_id, s)
         executor = self.executor = Executor(self.app, completer, s, self.worker_id, adb, db)
-        producer = Producer(pool, queries, executor, s, self.worker_id)
+        producer = Producer(pool, queries, executor, s, self.worker_id, completer)
         keeper = LeaseKeeper(pool, queries, executor, completer, s, self.worker_id)
         notifier = None
         if s.uses_listen():

@@ -57,6 +57,8 @@ SELECT id FROM inserted ORDER BY id
 -- database that forgets an acknowledged claim (a failover to a replica that lagged, a
 -- server run with fsync or synchronous_commit off) hands the job out again at the same
 -- attempt number, perhaps to the same worker while it still runs the first claim.
+-- args comes back as text, decoded by the worker one row at a time: a row no decoder can
+-- read must go dead alone, not fail the whole batch's fetch.
 WITH picked AS (
     SELECT c.id
     FROM unnest(%(queues)s::text[]) AS q(name)
@@ -80,7 +82,7 @@ SET state = 'running',
     attempted_at = now()
 FROM picked, claim
 WHERE j.id = picked.id
-RETURNING j.id, j.queue, j.task, j.args, j.attempt, j.max_attempts, j.priority,
+RETURNING j.id, j.queue, j.task, j.args::text, j.attempt, j.max_attempts, j.priority,
           j.checkpoint, j.chunk_size, j.rescues, j.run_at, claim.token
 
 -- name: job_finish_many
