@@ -8,6 +8,11 @@ dead-letter group" means. It takes either one connection (tests, scripts) or a p
 Bulk actions walk the matching ids in ascending batches (keyset, not OFFSET) and apply the
 guarded writes of jobs.sql to each batch: a job that changed state meanwhile is skipped by
 the write itself, and a million-row action never holds one long transaction.
+
+Every json/jsonb value the store reads is decoded by `_loads`, on the store's own cursors:
+a value nested deeper than a payload may be (another client's SQL wrote it) comes back
+as an `Undecodable` string with its text cut short, so no list, page or `--json` output
+fails on one row, and nothing later recurses through it.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg import Connection
+from psycopg import Connection, Cursor
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 
 from unbroken.db._sync.pool import RolePool
+from unbroken.enqueue import MAX_PAYLOAD_DEPTH, nested_deeper_than
 from unbroken.errors import ConfigError
 from unbroken.sql import queries
 
@@ -95,6 +102,42 @@ def jsonable(value: Any) -> Any:
 
 def to_json(value: Any, indent: int | None = None) -> str:
     return json.dumps(jsonable(value), indent=indent, sort_keys=False)
+
+
+class Undecodable(str):
+    """A json/jsonb value the store would not decode: "<undecodable: why> its text…".
+
+    A string, so every view (table, page, `--json`, the API) shows it without a special
+    case; `reason` says why, `SHOWN` characters of the text are kept."""
+
+    SHOWN = 200
+    reason: str
+
+    def __new__(cls, reason: str, text: str) -> Undecodable:
+        cut = text if len(text) <= cls.SHOWN else text[: cls.SHOWN] + "…"
+        value = super().__new__(cls, f"<undecodable: {reason}> {cut}")
+        value.reason = reason
+        return value
+
+
+def _loads(data: bytes | str) -> Any:
+    """json.loads for the store's reads, which never raises (see the module docstring)."""
+    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    if nested_deeper_than(text, MAX_PAYLOAD_DEPTH):
+        return Undecodable("nested too deeply to show", text)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return Undecodable("nested too deeply to show", text)
+    except ValueError as exc:
+        return Undecodable(f"not JSON ({exc})", text)
+
+
+def shown_json(value: Any, indent: int | None = None) -> str:
+    """A value as JSON text for a person to read; an Undecodable as its own text."""
+    if isinstance(value, Undecodable):
+        return str(value)
+    return json.dumps(value, indent=indent, ensure_ascii=False, default=str)
 
 
 # --- filters ------------------------------------------------------------------------------
@@ -495,8 +538,16 @@ class OperatorStore:
         else:
             yield self._source
 
+    @staticmethod
+    def _cursor(conn: Connection[Any]) -> Cursor[dict[str, Any]]:
+        """A dict-row cursor whose JSON values are decoded by `_loads` (the connection's
+        own adapters are left alone: it may be the caller's)."""
+        cur = conn.cursor(row_factory=dict_row)
+        set_json_loads(_loads, cur)
+        return cur
+
     def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._conn() as conn, self._cursor(conn) as cur:
             cur.execute(self._q[name], params or {})
             return cur.fetchall()
 
@@ -517,13 +568,16 @@ class OperatorStore:
         return int(self._one("job_count_matching", flt.params())["jobs"])
 
     def job_get(self, job_id: int) -> JobDetail | None:
-        with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._conn() as conn, self._cursor(conn) as cur:
             cur.execute(self._q["job_get"], {"id": job_id})
             row = cur.fetchone()
             if row is None:
                 return None
             now_row = conn.execute("SELECT now()").fetchone()
-        errors = [AttemptError.from_json(e) for e in (row.pop("errors") or [])]
+        entries = row.pop("errors") or []
+        if not isinstance(entries, list):  # an Undecodable: one entry that says so
+            entries = [entries]
+        errors = [AttemptError.from_json(e) for e in entries]
         now = now_row[0] if now_row else datetime.now().astimezone()
         return JobDetail(**row, errors=errors, now=now)
 
@@ -746,8 +800,10 @@ __all__ = [
     "JobFilter",
     "JobSummary",
     "OperatorStore",
+    "Undecodable",
     "format_age",
     "jsonable",
     "parse_duration",
+    "shown_json",
     "to_json",
 ]

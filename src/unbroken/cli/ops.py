@@ -44,6 +44,7 @@ from unbroken.admin import (
     ProgressView,
     format_age,
     parse_duration,
+    shown_json,
     to_json,
 )
 from unbroken.db._sync.pool import Database
@@ -277,7 +278,7 @@ def _print_job(job: JobDetail) -> None:
         rows.append(("worker", f"{escape(job.worker_id)}  lease {expiry}"))
     if job.unique_key:
         rows.append(("unique key", escape(job.unique_key)))
-    rows.append(("args", escape(json.dumps(job.args, indent=1))))
+    rows.append(("args", escape(shown_json(job.args, indent=1))))
     view = job.progress_view()
     if view is not None:
         rows.append(("progress", _progress_text(view)))

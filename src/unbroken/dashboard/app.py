@@ -17,7 +17,6 @@ action and refuses every POST.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ from unbroken.admin import (
     OperatorStore,
     format_age,
     jsonable,
+    shown_json,
 )
 from unbroken.dashboard.security import (
     CSRF_COOKIE,
@@ -81,8 +81,8 @@ def _templates() -> jinja2.Environment:
     env.filters["pct"] = lambda v: "–" if v is None else f"{v:.1%}"
     env.filters["secs"] = _secs
     env.filters["num"] = lambda v: "–" if v is None else f"{v:,.0f}"
-    env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
-    env.filters["compact"] = lambda v: json.dumps(v, ensure_ascii=False, default=str)
+    env.filters["pretty"] = lambda v: shown_json(v, indent=2)
+    env.filters["compact"] = shown_json
     env.filters["clip"] = lambda s, n=120: s if len(s) <= n else s[: n - 1] + "…"
     env.globals["STATES"] = STATES
     return env
