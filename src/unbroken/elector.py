@@ -15,9 +15,13 @@ tries every 2 s and takes it when
 
 A dead leader is so replaced within about 2 s, a stuck one or one without a session
 within 10 s (term plus one try). The term row itself needs no session, so election works
-through PgBouncer in transaction mode too. A candidate's try that finds a live leader is a
-read (no row lock, no write). Two leaders at once are harmless, only wasteful: every
-maintenance statement is guarded by the state it expects and skips locked rows.
+through PgBouncer in transaction mode too. Behind PgBouncer in session mode the lock is
+released when the client goes (server_reset_query, DISCARD ALL by default, unlocks all);
+were it not, the lock would outlive the leader and the term would decide: the session
+can only hasten a takeover, never prevent one. A candidate's try that finds a live
+leader is a read (no row lock, no write). Two leaders at once are harmless, only
+wasteful: every maintenance statement is guarded by the state it expects and skips
+locked rows.
 """
 
 from __future__ import annotations
