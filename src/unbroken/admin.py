@@ -9,7 +9,7 @@ Bulk actions walk the matching ids in ascending batches (keyset, not OFFSET) and
 guarded writes of jobs.sql to each batch: a job that changed state meanwhile is skipped by
 the write itself, and a million-row action never holds one long transaction.
 
-Every json/jsonb value the store reads is decoded by `_loads`, on the store's own cursors:
+Every json/jsonb value the store reads is decoded by `lenient_loads`, on the store's own cursors:
 a value nested deeper than a payload may be (another client's SQL wrote it) comes back
 as an `Undecodable` string with its text cut short, so no list, page or `--json` output
 fails on one row, and nothing later recurses through it.
@@ -120,7 +120,7 @@ class Undecodable(str):
         return value
 
 
-def _loads(data: bytes | str) -> Any:
+def lenient_loads(data: bytes | str) -> Any:
     """json.loads for the store's reads, which never raises (see the module docstring)."""
     text = data if isinstance(data, str) else data.decode("utf-8", "replace")
     if nested_deeper_than(text, MAX_PAYLOAD_DEPTH):
@@ -540,10 +540,10 @@ class OperatorStore:
 
     @staticmethod
     def _cursor(conn: Connection[Any]) -> Cursor[dict[str, Any]]:
-        """A dict-row cursor whose JSON values are decoded by `_loads` (the connection's
+        """A dict-row cursor whose JSON values are decoded by `lenient_loads` (the connection's
         own adapters are left alone: it may be the caller's)."""
         cur = conn.cursor(row_factory=dict_row)
-        set_json_loads(_loads, cur)
+        set_json_loads(lenient_loads, cur)
         return cur
 
     def _rows(self, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -383,11 +383,16 @@ class App:
 
     # --- operating on jobs -----------------------------------------------------------------
     def get_job(self, job_id: int) -> dict[str, Any] | None:
-        """Every column of one job, or None."""
+        """Every column of one job, or None. A JSON value that cannot be decoded (a row
+        written by another client) comes back as an `Undecodable` string, never an error."""
         from psycopg.rows import dict_row
+        from psycopg.types.json import set_json_loads
+
+        from unbroken.admin import lenient_loads
 
         def read(conn: Connection[Any]) -> dict[str, Any] | None:
             cur = conn.cursor(row_factory=dict_row)
+            set_json_loads(lenient_loads, cur)
             return cur.execute(self.queries["job_get"], {"id": job_id}).fetchone()
 
         return self.database().pool("api").run(read, transaction=False)

@@ -44,7 +44,7 @@ class Outcome:
     claim: str  # the attempt's claim token (JobContext.claim): fences a claim a crash forgot
     state: str  # the job's next state: succeeded retryable dead cancelled scheduled available
     kind: str  # what happened, for logs and telemetry: succeeded failed timeout dead
-    #            cancelled snoozed handback unknown_task
+    #            cancelled snoozed handback unknown_task undecodable
     queue: str
     task: str
     delay: float | None = None  # seconds until the retry (retryable) or next run (scheduled)

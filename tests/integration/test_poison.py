@@ -347,3 +347,12 @@ def test_the_store_decodes_defensively_in_one_place(
         assert detail.progress_view() is None  # its progress is not an object it can read
         # The caller's own connection is left as it was: it still decodes jsonb itself.
         assert conn.execute("SELECT '[[1]]'::jsonb").fetchone() == ([[1]],)
+
+
+def test_app_get_job_returns_an_undecodable_row_without_raising(
+    app: App, poisoned: dict[str, int]
+) -> None:
+    job = app.get_job(poisoned["available"])
+    assert job is not None
+    assert isinstance(job["args"], Undecodable)
+    assert job["args"].reason == "nested too deeply to show"
