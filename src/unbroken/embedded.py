@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from unbroken.errors import EmbeddedServerError
+from unbroken.errors import DatabaseUnavailable, EmbeddedServerError
 
 log = logging.getLogger(__name__)
 
@@ -405,19 +405,40 @@ def _file_lock(path: Path, timeout: float) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_embedded(data_dir: Path, port: int = 0) -> tuple[str, LocalServer, bool]:
-    """Reuse the server running on data_dir, or initialise and start it.
+def stopped_message(data_dir: Path) -> str:
+    """What a command that may not start the server says when it is not running."""
+    server = LocalServer(data_dir)
+    if not server.initialised():
+        return (
+            f"no embedded PostgreSQL in {server.data_dir} yet: `unbroken db start` creates and "
+            "starts it (or set UNBROKEN_DATABASE_URL)"
+        )
+    return (
+        f"embedded PostgreSQL is stopped (data in {server.data_dir}): start it with "
+        "`unbroken db start`"
+    )
+
+
+def ensure_embedded(
+    data_dir: Path, port: int = 0, *, start: bool = True
+) -> tuple[str, LocalServer, bool]:
+    """Reuse the server running on data_dir, or (with `start`) initialise and start it.
 
     Returns the URL of its `unbroken` database, the server, and whether this call started it.
-    The server outlives this process; `unbroken db stop` stops it.
+    The server outlives this process; `unbroken db stop` stops it. Without `start`, a server
+    that is not running is DatabaseUnavailable, and nothing is created.
     """
     data_dir = Path(data_dir).expanduser().absolute()
+    if not start and not LocalServer(data_dir).is_running():
+        raise DatabaseUnavailable(stopped_message(data_dir))
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(data_dir.parent / f".{data_dir.name}.lock", timeout=180.0):
         binaries = find_binaries()
         log.info("using %s", binaries.describe())
         server = LocalServer(data_dir, port=port, binaries=binaries)
         started = not server.is_running()
+        if started and not start:  # stopped while we waited for the lock
+            raise DatabaseUnavailable(stopped_message(data_dir))
         if started:
             server.init()
             server.start()

@@ -2,7 +2,8 @@
 
 UnbrokenError
 ├── ConfigError            a setting or URL is wrong (CLI exit code 2)
-├── DatabaseUnavailable    the server stayed unreachable for the whole start-up wait
+├── DatabaseUnavailable    the server stayed unreachable for the whole start-up wait (a
+│                          command's single try), or the embedded one is stopped
 ├── EmbeddedServerError    the embedded PostgreSQL could not be set up or started
 ├── MigrationError         the schema could not be brought up to date
 ├── StatementDeadline      a statement outlived its application-level deadline
@@ -31,7 +32,8 @@ class ConfigError(UnbrokenError):
 
 
 class DatabaseUnavailable(UnbrokenError):
-    """The database stayed unreachable for the whole configured wait."""
+    """The database stayed unreachable for the whole configured wait (an interactive
+    command tries once), or the embedded server is stopped and may not be started."""
 
 
 class EmbeddedServerError(UnbrokenError):

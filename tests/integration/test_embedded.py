@@ -106,6 +106,36 @@ def test_two_processes_starting_at_once_end_with_one_server(scratch: Path) -> No
     assert current_database(results[0]["url"]) == "unbroken"
 
 
+def test_two_data_dirs_are_two_independent_servers(scratch: Path) -> None:
+    """Everything a server keeps (port, log, socket, lock) is in or beside its data dir, none
+    in a fixed /tmp path: two data dirs run side by side, and stopping one leaves the other."""
+    one, two = scratch / "one", scratch / "two"
+    url_one, server_one, _ = ensure_embedded(one)
+    url_two, server_two, _ = ensure_embedded(two)
+
+    assert server_one.port != server_two.port
+    assert server_one.pid() != server_two.pid()
+    for server, data_dir in ((server_one, one), (server_two, two)):
+        assert (data_dir / embedded.PORT_FILE).read_text().strip() == str(server.port)
+        assert server.log_path == data_dir / embedded.LOG_FILE
+        assert server.log_path.exists()
+        socket_file = data_dir / f".s.PGSQL.{server.port}"
+        assert socket_file.is_socket()
+        assert not (Path(tempfile.gettempdir()) / socket_file.name).exists()
+        assert (scratch / f".{data_dir.name}.lock").exists()
+        with psycopg.connect(host=str(data_dir), port=server.port, user="postgres") as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+        assert row is not None
+        assert Path(row[0]) == data_dir
+
+    server_one.stop()
+    assert not server_one.is_running()
+    assert server_two.is_running()
+    assert current_database(url_two) == "unbroken"
+    url_again, _, started = ensure_embedded(one)
+    assert (url_again, started) == (url_one, True)
+
+
 def test_a_bad_setting_fails_start_with_one_line_naming_the_log(scratch: Path) -> None:
     server = LocalServer(scratch / "data", extra_conf={"no_such_setting_here": "1"})
     server.init()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import socket
 import subprocess
 import sys
 
@@ -10,6 +12,10 @@ import pytest
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_within(60, *args, **env)
+
+
+def run_within(timeout: float, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("UNBROKEN_", "PG"))}
     clean.pop("DATABASE_URL", None)
     return subprocess.run(
@@ -17,7 +23,7 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         env={**clean, **env},
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
 
@@ -51,3 +57,41 @@ def test_bad_app_spec_is_one_line() -> None:
     result = run("worker", "--app", "no_such_module:app")
     assert result.returncode == 2
     assert "cannot import module 'no_such_module'" in result.stderr
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["jobs", "ls"],
+        ["queues"],
+        ["stats"],
+        ["workers"],
+        ["db", "migrate"],
+        ["enqueue", "unbroken.demo.app.sync_issues", '["X"]', "--app", "unbroken.demo.app:app"],
+    ],
+    ids=["jobs ls", "queues", "stats", "workers", "db migrate", "enqueue"],
+)
+def test_interactive_command_fails_fast_on_an_unreachable_database(command: list[str]) -> None:
+    """One connect attempt, not the worker's start-up wait (UNBROKEN_STARTUP_WAIT, 30 s by
+    default): the subprocess timeout is a generous bound, half that wait."""
+    url = f"postgresql://nobody@127.0.0.1:{closed_port()}/none"
+    result = run_within(15, *command, UNBROKEN_DATABASE_URL=url)
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "database not reachable" in lines[0]
+    assert "127.0.0.1" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"unbroken {importlib.metadata.version('unbroken')}"

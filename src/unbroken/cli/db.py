@@ -56,7 +56,7 @@ def config(
 def start() -> None:
     """Start the embedded PostgreSQL (or reuse the one already running) and print its URL."""
     settings = load_settings()
-    target = resolve_target(settings)
+    target = resolve_target(settings, may_start_embedded=True, fail_fast=False)
     if not target.embedded:
         console.print(f"a database is configured ({target.source}); nothing to start")
         return
@@ -110,20 +110,24 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         return
     for key, value in info.items():
         console.print(f"{key:>15}: {value}", highlight=False)
+    if info.get("running") is False:
+        console.print(f"{'':>15}  start it with `unbroken db start`", highlight=False)
 
 
 @db_app.command()
 def url() -> None:
-    """Print the database URL (starting the embedded server if needed)."""
-    typer.echo(resolve_target(load_settings()).conninfo)
+    """Print the database URL; the embedded server's only while it runs (`db start`)."""
+    target = resolve_target(load_settings(), may_start_embedded=False, fail_fast=False)
+    typer.echo(target.conninfo)
 
 
 @db_app.command()
 def migrate() -> None:
     """Apply pending migrations (safe to run from several processes at once)."""
     settings = load_settings()
-    target = resolve_target(settings)
-    with psycopg.connect(target.conninfo, autocommit=True) as conn:
+    target = resolve_target(settings, may_start_embedded=True)
+    connect_timeout = settings.connect_timeout
+    with psycopg.connect(target.conninfo, autocommit=True, connect_timeout=connect_timeout) as conn:
         applied = migrations.migrate(conn, settings.schema_name)
     if applied:
         for m in applied:

@@ -2,10 +2,15 @@
 
 A user who mistypes a setting or a URL gets one line naming the problem and exit code 2,
 never a traceback; an unreachable database is exit code 3.
+
+How a command reaches its database is decided here, once, by the command's name (`ACCESS`):
+only the commands that run work may start the embedded server, and only a worker waits for
+an unreachable database; every other command answers at once.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import sys
@@ -14,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from unbroken.db.target import Access, set_access
 from unbroken.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -31,6 +37,42 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 err_console = Console(stderr=True)
+
+# Commands not named here only look at the database or act on what is in it: they never
+# start the embedded server (after `unbroken db stop` they say how to start it) and fail at
+# once when the database does not answer. `db start` and `db migrate` ask for a start
+# themselves (unbroken.cli.db).
+ACCESS: dict[str, Access] = {
+    "worker": Access(may_start_embedded=True, fail_fast=False),  # waits: UNBROKEN_STARTUP_WAIT
+    "enqueue": Access(may_start_embedded=True, fail_fast=True),
+    "demo": Access(may_start_embedded=True, fail_fast=True),
+}
+LOOK_ONLY = Access(may_start_embedded=False, fail_fast=True)
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("unbroken")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        from unbroken import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"unbroken {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    set_access(ACCESS.get(ctx.invoked_subcommand or "", LOOK_ONLY))
 
 
 def _register() -> None:
@@ -81,6 +123,7 @@ def setup_logging(verbose: bool = False, log_format: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     _register()
+    previous = set_access(LOOK_ONLY)  # the callback sets each command's; restored at the end
     try:
         app(args=argv, standalone_mode=True)
     except ConfigError as exc:
@@ -94,3 +137,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        set_access(previous)
