@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from rich.table import Table
 from unbroken.db._sync.pool import RolePool
 from unbroken.demo.app import SINK_DDL, SINK_SCHEMA, app, sync_changelogs, sync_issues
 from unbroken.demo.jira import CHANGELOGS, ISSUES
+from unbroken.embedded import LocalServer
 from unbroken.errors import ConfigError
 
 console = Console()
@@ -102,17 +102,41 @@ def run_demo(*, chaos: bool, timeout: float = 600.0) -> int:
             "UNBROKEN_DATABASE_URL / DATABASE_URL)"
         )
     console.print(f"[bold]database[/bold]: {target.describe()}", highlight=False)
-    app.migrate()
-    pool = RolePool("demo", target.conninfo, app.settings, min_size=1, max_size=2)
-    pool.open()
     try:
-        return _run(pool, target.conninfo, chaos, timeout)
+        app.migrate()
+        pool = RolePool("demo", target.conninfo, app.settings, min_size=1, max_size=2)
+        pool.open()
+        try:
+            return _run(pool, target.conninfo, chaos, timeout, worker_log(target.embedded))
+        finally:
+            pool.close()
+            app.close()
     finally:
-        pool.close()
-        app.close()
+        if target.embedded:
+            _say_left_running(LocalServer(app.settings.data_dir))
 
 
-def _run(pool: RolePool, url: str, chaos: bool, timeout: float) -> int:
+def worker_log(embedded: bool) -> Path:
+    """Where the demo's workers log: beside the embedded server's own log in its data dir
+    (with a configured database, in the folder the data dir would be in); never a fixed
+    path in /tmp, which a second demo on another data dir would overwrite."""
+    data_dir = LocalServer(app.settings.data_dir).data_dir
+    folder = data_dir if embedded else data_dir.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "unbroken-demo-workers.log"
+
+
+def _say_left_running(server: LocalServer) -> None:
+    if server.is_running():
+        console.print(
+            f"embedded PostgreSQL left running on 127.0.0.1:{server.port} (data in "
+            f"{server.data_dir}); stop it with `unbroken db stop`",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _run(pool: RolePool, url: str, chaos: bool, timeout: float, log: Path) -> int:
     pool.run(lambda c: c.execute(SINK_DDL.encode()))
     demo_tasks = [sync_issues.name, sync_changelogs.name]
     pool.run(lambda c: c.execute(b"DELETE FROM unbroken.jobs WHERE task = ANY(%s)", [demo_tasks]))
@@ -120,7 +144,6 @@ def _run(pool: RolePool, url: str, chaos: bool, timeout: float) -> int:
         "issues": sync_issues.enqueue("DEMO"),
         "changelogs": sync_changelogs.enqueue("DEMO"),
     }
-    log = Path(tempfile.gettempdir()) / "unbroken-demo-workers.log"
     log.write_text("")
     workers = Workers(url, log)
     workers.start()
@@ -171,8 +194,6 @@ _POLL = b"SELECT id, state::text, progress FROM unbroken.jobs WHERE id = ANY(%s)
 
 
 def _break_something(step: str, workers: Workers, say: Callable[..., None]) -> None:
-    from unbroken.embedded import LocalServer
-
     server = LocalServer(app.settings.data_dir)
     if step == "restart-fast":
         say("[yellow]chaos[/yellow]: restarting PostgreSQL (fast stop)")
@@ -238,6 +259,7 @@ def _report(
         f"[bold]{verdict}[/bold] in {elapsed:.1f} s (max writes of one issue: {max_writes}); "
         f"worker log: {log}",
         highlight=False,
+        soft_wrap=True,
     )
     return 0 if all_ok else 1
 
