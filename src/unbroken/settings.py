@@ -138,7 +138,8 @@ class Settings(BaseSettings):
     startup_wait: float = Field(
         30.0,
         ge=0,
-        description="Seconds to keep retrying an unreachable server at start-up before failing.",
+        description="Seconds a worker (or an App's first use) keeps retrying an unreachable "
+        "server at start-up before failing; other CLI commands try once.",
     )
     startup_backoff_base: float = Field(
         0.5, gt=0, description="First start-up retry delay in seconds; doubles each attempt."
