@@ -54,8 +54,9 @@ def workers(database_url: str, tmp_path: Path) -> Iterator[StartWorker]:
 
 def leader_row(probe: Probe) -> dict[str, Any] | None:
     rows = probe.rows(
-        "SELECT l.holder, l.expires_at, l.lock_key, now() AS seen_at, w.pid FROM unbroken.leaders AS l"
-        " LEFT JOIN unbroken.workers AS w ON w.id = l.holder WHERE l.name = %s",
+        "SELECT l.holder, l.expires_at, l.lock_key, now() AS seen_at, w.pid"
+        " FROM unbroken.leaders AS l LEFT JOIN unbroken.workers AS w ON w.id = l.holder"
+        " WHERE l.name = %s",
         [NAME],
     )
     return rows[0] if rows else None
@@ -122,6 +123,8 @@ def test_a_killed_leader_is_replaced_before_its_term_runs_out_and_maintenance_go
 
     dead = leader(probe)
     assert dead["pid"] == a.pid
+    # Named from a's first term on: its elector starts once its listener holds the lock.
+    assert dead["lock_key"] is not None
     a.signal(signal.SIGKILL)
     a.wait_exit(30)
     # A deadline far past the term: a takeover decided by the term alone is seen too, and
