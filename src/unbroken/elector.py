@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from unbroken import telemetry
@@ -88,19 +89,28 @@ class Elector:
             telemetry.emit("leader.changed", role=self._name, holder=self._holder, is_leader=leader)
         return leader
 
-    async def run(self, while_leader: Callable[[], Awaitable[None]]) -> None:
-        """Renew every second while we lead, calling `while_leader` each time; otherwise try
-        every 2 s (a third of the term when that is shorter)."""
+    async def run(
+        self, while_leader: Callable[[], Awaitable[None]], tick_every: float = RENEW_EVERY
+    ) -> None:
+        """While we lead, call `while_leader` every `tick_every` seconds and renew the term
+        every second; otherwise try every 2 s (a third of the term when that is shorter).
+        Ticks are not tied to renewals: maintenance due every 0.5 s must not wait for one."""
         renew_every = min(RENEW_EVERY, self._term / 3)
         try_every = min(TRY_EVERY, self._term / 3)
+        tick_every = min(tick_every, renew_every)
+        renewed_at = float("-inf")
         while True:
             try:
-                if await self.attempt():
+                now = time.monotonic()
+                if not self.is_leader or now - renewed_at >= renew_every:
+                    renewed_at = now
+                    await self.attempt()
+                if self.is_leader:
                     await while_leader()
             except Exception as exc:
                 self.is_leader = False
                 logger.warning("leader election failed (%s: %s)", type(exc).__name__, exc)
-            await asyncio.sleep(renew_every if self.is_leader else try_every)
+            await asyncio.sleep(tick_every if self.is_leader else try_every)
 
     async def resign(self) -> None:
         if not self.is_leader:

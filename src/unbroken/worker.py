@@ -122,7 +122,12 @@ class Worker:
             except TimeoutError:
                 logger.warning("listener not connected yet; polling until it is")
         # After the listener: a term we take then names its lock from the start.
-        background.append(asyncio.create_task(elector.run(maintenance.tick), name="elector"))
+        background.append(
+            asyncio.create_task(
+                elector.run(maintenance.tick, min(s.promote_interval, s.rescue_interval)),
+                name="elector",
+            )
+        )
         producing = asyncio.create_task(producer.run(), name="producer")
         if self.burst:
             background.append(asyncio.create_task(self._burst_watch(producer), name="burst"))

@@ -270,3 +270,49 @@ def test_a_key_not_held_in_this_database_does_not_count(database_url: str, pg_se
             assert elect(conn, "candidate", None, 300)
     finally:
         pg_server.drop_database(other)
+
+
+def test_maintenance_ticks_as_often_as_asked_between_term_renewals(database_url: str) -> None:
+    """A promote interval of 0.5 s (the default) must not wait for the once-a-second term
+    renewal: the leader ticks at its own pace and renews the term less often."""
+    import asyncio
+
+    from unbroken.db._async.pool import AsyncRolePool
+    from unbroken.elector import Elector
+    from unbroken.settings import Settings
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrations.migrate(conn)
+    renewals_before_ticks: list[int] = []
+
+    async def scenario() -> None:
+        settings = Settings(database_url=database_url)
+        async with AsyncRolePool("worker", database_url, settings) as pool:
+            elector = Elector(pool, queries(), "tick-test", term_seconds=8.0)
+            original = elector.attempt
+            attempts = 0
+
+            async def counted() -> bool:
+                nonlocal attempts
+                attempts += 1
+                return await original()
+
+            elector.attempt = counted  # type: ignore[method-assign]
+            ticks = 0
+            enough = asyncio.Event()
+
+            async def tick() -> None:
+                nonlocal ticks
+                ticks += 1
+                if ticks >= 12:
+                    renewals_before_ticks.append(attempts)
+                    enough.set()
+
+            running = asyncio.create_task(elector.run(tick, tick_every=0.1))
+            await asyncio.wait_for(enough.wait(), 60)
+            running.cancel()
+
+    asyncio.run(scenario())
+    # Twelve ticks at 0.1 s take about 1.1 s: two or three renewals, never one per tick.
+    assert renewals_before_ticks
+    assert renewals_before_ticks[0] <= 6
