@@ -435,7 +435,7 @@ def test_demo_with_chaos_writes_every_record_exactly_once(tmp_path: Path) -> Non
     env.update(
         {
             "UNBROKEN_DATA_DIR": str(data_dir),
-            "TMPDIR": str(tmp_path),  # the demo's worker log goes there
+            "TMPDIR": str(tmp_path),  # anything temporary stays in the test's folder
             "PYTHONPATH": str(REPO / "src"),
             "COLUMNS": "200",
         }

@@ -22,9 +22,10 @@ from unbroken import migrations
 
 LEASE = 3.0
 RESCUE = 1.0
-# The bound is lease + rescue interval. The margin covers what sits on top of it
-# here: when the killed worker was the leader, its term (max(3 s, lease)) must run out
-# before another worker can rescue anything, plus a poll, a fetch and a loaded machine.
+# The bound is lease + rescue interval. The margin covers what sits on top of it here:
+# when the killed worker was the leader, another must take over before it can rescue
+# anything (one candidate try, 2 s, once the dead leader's session is gone), plus a poll,
+# a fetch and a loaded machine.
 MARGIN = 6.0
 FAST = {
     "lease_seconds": LEASE,
