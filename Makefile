@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help demo test lint typecheck unit integration bench chaos clean
+.PHONY: help demo test lint typecheck unit integration bench chaos clean pgbouncer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,13 +20,22 @@ demo: $(STAMP) ## run the main job on the embedded database
 
 PG15 := /usr/lib/postgresql/15/bin
 
-test: $(STAMP) lint typecheck ## lint, type-check, unit and integration tests (and again on PG 15)
+test: $(STAMP) lint typecheck pgbouncer ## lint, type-check, unit and integration tests (and again on PG 15)
 	$(BIN)/pytest -q
 	@if [ -x $(PG15)/postgres ]; then \
 	  echo "== the connection layer and migrations again, on PostgreSQL 15 =="; \
 	  UNBROKEN_TEST_PG_BIN=$(PG15) $(BIN)/pytest -q tests/integration/test_pool.py \
 	    tests/integration/test_classify.py tests/integration/test_migrations.py; \
 	fi
+
+# tests/integration/test_pgbouncer.py runs a real PgBouncer: installed here as root with apt
+# (CI), else its tests skip with the reason.
+pgbouncer: ## install PgBouncer for its tests (as root, with apt; else they skip)
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || [ "$$(id -u)" != 0 ] \
+	  || ! command -v apt-get >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q pgbouncer >/dev/null 2>&1 \
+	  || { apt-get update -q >/dev/null && apt-get install -y -q pgbouncer >/dev/null; } \
+	  || echo "pgbouncer could not be installed: its tests will skip"; }
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check src tests bench examples scripts

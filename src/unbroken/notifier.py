@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 
 from unbroken.db.backoff import Backoff, BackoffPolicy
-from unbroken.db.conninfo import connection_kwargs
+from unbroken.db.conninfo import connection_kwargs, session_statement
 from unbroken.settings import Settings
 from unbroken.sql import Queries
 
@@ -54,6 +54,8 @@ class Notifier:
     async def run(self) -> None:
         backoff = Backoff(BackoffPolicy(0.2, 5.0))
         kwargs = connection_kwargs(self._settings, role="listener")
+        # Behind PgBouncer (session mode) the server settings come in a statement instead.
+        on_connect = session_statement(self._settings, role="listener")
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, **kwargs)
@@ -64,6 +66,8 @@ class Notifier:
                 continue
             try:
                 async with conn:
+                    if on_connect is not None:
+                        await conn.execute(on_connect)
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     await self._take_lock(conn)
                     backoff.reset()

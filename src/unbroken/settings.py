@@ -262,8 +262,9 @@ class Settings(BaseSettings):
     # --- PgBouncer ---------------------------------------------------------------------------
     pgbouncer: Literal["off", "session", "transaction"] = Field(
         "off",
-        description="'transaction' turns off prepared statements and LISTEN (polling only) so "
-        "transaction pooling works.",
+        description="PgBouncer's pool_mode in front of the server: server timeouts are then set "
+        "per session or per transaction; 'transaction' also turns off prepared statements and "
+        "LISTEN (polling only).",
     )
 
     @field_validator("database_url")

@@ -383,9 +383,7 @@ def test_async_callers_waiting_through_a_7_s_outage_are_served_when_it_ends(
                 async with pool.connection() as conn:
                     return await (await conn.execute("SELECT 2")).fetchone()
 
-            return await asyncio.gather(
-                pool.run(by_run), by_connection(), return_exceptions=True
-            )
+            return await asyncio.gather(pool.run(by_run), by_connection(), return_exceptions=True)
         finally:
             await db.close()
 

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
-from unbroken.db.conninfo import connection_kwargs, describe_target, redact
+from unbroken.db.conninfo import (
+    connection_kwargs,
+    describe_target,
+    redact,
+    session_statement,
+    transaction_statement,
+)
 from unbroken.settings import load_settings
 
 
@@ -39,3 +45,35 @@ def test_chunk_sessions_idle_in_a_transaction_end_with_the_lease() -> None:
     assert "idle_in_transaction_session_timeout=60000" in worker
     assert "synchronous_commit=on" in worker
     assert "synchronous_commit" not in chunks  # the user's data keeps the server's setting
+
+
+def test_direct_connections_carry_the_settings_in_the_startup_packet_only() -> None:
+    settings = load_settings(statement_timeout=7)
+    assert "statement_timeout=7000" in connection_kwargs(settings, role="worker")["options"]
+    assert session_statement(settings, role="worker") is None
+    assert transaction_statement(settings, role="worker") is None
+
+
+def test_behind_pgbouncer_no_options_and_one_statement_instead() -> None:
+    session = load_settings(pgbouncer="session", statement_timeout=7)
+    transaction = load_settings(pgbouncer="transaction", statement_timeout=7)
+    for settings in (session, transaction):
+        assert "options" not in connection_kwargs(settings, role="worker")  # PgBouncer refuses it
+    on_connect = session_statement(session, role="worker")
+    per_transaction = transaction_statement(transaction, role="worker")
+    assert on_connect == (
+        b"SELECT set_config('synchronous_commit', 'on', false),"
+        b" set_config('statement_timeout', '7000', false),"
+        b" set_config('idle_in_transaction_session_timeout', '60000', false)"
+    )
+    assert per_transaction == on_connect.replace(b"false", b"true")  # local: ends with it
+    assert transaction_statement(session, role="worker") is None
+    assert session_statement(transaction, role="worker") is None
+
+
+def test_nothing_to_set_means_no_statement() -> None:
+    settings = load_settings(
+        pgbouncer="session", statement_timeout=0, idle_in_transaction_timeout=0
+    )
+    assert session_statement(settings, role="chunks") is None
+    assert session_statement(settings, role="worker") is not None  # synchronous_commit

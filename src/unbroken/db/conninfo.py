@@ -3,6 +3,16 @@
 The settings that make a dead network visible (keepalives, tcp_user_timeout) and the
 server-side limits that stop a session from holding a transaction open forever are set
 once here, for every pool, so no code path can forget them.
+
+How the server limits travel depends on what is in between (`settings.pgbouncer`):
+- nothing ("off"): in the startup packet's `options`, at no cost at all;
+- PgBouncer in session mode, which refuses `options`: one statement on connect
+  (`session_statement`) that sets them for the session (PgBouncer's DISCARD ALL ends them
+  with it);
+- PgBouncer in transaction mode, where a session setting would stay on a server connection
+  that other clients get next: set for each transaction only (`transaction_statement`,
+  set_config(..., true)), sent in one pipeline with the transaction's first statement
+  (db/deadline.py), so it costs no round trip.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from unbroken.settings import Settings
@@ -28,17 +39,17 @@ def redact(text: str) -> str:
 USER_ROLES = frozenset({"chunks"})
 
 
-def connection_kwargs(settings: Settings, *, role: str) -> dict[str, Any]:
-    """Keyword arguments for psycopg.connect() beyond the conninfo itself."""
-    options = []
+def server_settings(settings: Settings, *, role: str) -> dict[str, str]:
+    """The server settings every session of `role` runs with, as the server reads them."""
+    values: dict[str, str] = {}
     if role not in USER_ROLES:
         # An acknowledged claim or outcome must survive a crash: with synchronous_commit off
         # the server could forget a claim and hand the job out again while its first run
         # goes on (the claim token fences that run's writes, not what it does elsewhere).
         # Our batches commit rarely, so waiting costs little.
-        options.append("-c synchronous_commit=on")
+        values["synchronous_commit"] = "on"
     if settings.statement_timeout:
-        options.append(f"-c statement_timeout={int(settings.statement_timeout * 1000)}")
+        values["statement_timeout"] = str(int(settings.statement_timeout * 1000))
     idle_limit = settings.idle_in_transaction_timeout
     if role in USER_ROLES and idle_limit:
         # A chunk's transaction never waits on its source; idle past the lease means its
@@ -46,8 +57,12 @@ def connection_kwargs(settings: Settings, *, role: str) -> dict[str, Any]:
         # session then frees the rows it locked for the worker that took the job over.
         idle_limit = min(idle_limit, settings.lease_seconds)
     if idle_limit:
-        ms = int(idle_limit * 1000)
-        options.append(f"-c idle_in_transaction_session_timeout={ms}")
+        values["idle_in_transaction_session_timeout"] = str(int(idle_limit * 1000))
+    return values
+
+
+def connection_kwargs(settings: Settings, *, role: str) -> dict[str, Any]:
+    """Keyword arguments for psycopg.connect() beyond the conninfo itself."""
     kwargs: dict[str, Any] = {
         "connect_timeout": settings.connect_timeout,
         "keepalives": 1,
@@ -59,12 +74,40 @@ def connection_kwargs(settings: Settings, *, role: str) -> dict[str, Any]:
     }
     if settings.tcp_user_timeout:
         kwargs["tcp_user_timeout"] = settings.tcp_user_timeout
-    if options:
-        kwargs["options"] = " ".join(options)
+    values = server_settings(settings, role=role)
+    if settings.pgbouncer == "off" and values:
+        # PgBouncer refuses this startup parameter: behind it the statements below apply them.
+        kwargs["options"] = " ".join(f"-c {name}={value}" for name, value in values.items())
     if settings.pgbouncer == "transaction":
         # Named prepared statements do not survive transaction pooling.
         kwargs["prepare_threshold"] = None
     return kwargs
+
+
+def session_statement(settings: Settings, *, role: str) -> bytes | None:
+    """Behind PgBouncer in session mode: the statement to run once on connect."""
+    if settings.pgbouncer != "session":
+        return None
+    return _set_config(server_settings(settings, role=role), local=False)
+
+
+def transaction_statement(settings: Settings, *, role: str) -> bytes | None:
+    """Behind PgBouncer in transaction mode: the statement that gives one transaction the
+    settings (they end with it), run first in every transaction."""
+    if settings.pgbouncer != "transaction":
+        return None
+    return _set_config(server_settings(settings, role=role), local=True)
+
+
+def _set_config(values: dict[str, str], *, local: bool) -> bytes | None:
+    """One SELECT of set_config() calls: one statement, one round trip, whatever the count."""
+    if not values:
+        return None
+    calls = [
+        sql.SQL("set_config({}, {}, {})").format(sql.Literal(name), sql.Literal(value), local)
+        for name, value in values.items()
+    ]
+    return (sql.SQL("SELECT ") + sql.SQL(", ").join(calls)).as_bytes(None)
 
 
 def describe_target(conninfo: str) -> str:

@@ -24,11 +24,14 @@ from typing import Any
 import psycopg
 from psycopg.abc import Params, Query
 from psycopg.copy import AsyncCopy, AsyncWriter, Copy, Writer
+from psycopg.pq import TransactionStatus
 from psycopg.rows import Row
+from psycopg.transaction import AsyncTransaction, Transaction
 
 from unbroken.errors import StatementDeadline
 
 logger = logging.getLogger("unbroken.db")
+IDLE = TransactionStatus.IDLE
 
 
 class _Watchdog:
@@ -122,6 +125,30 @@ def deadline(
         watchdog.release(token)
 
 
+# --- per-transaction settings (PgBouncer in transaction mode) -------------------------------
+# A connection with `transaction_settings` (db/conninfo.py: transaction_statement) gives every
+# transaction the server settings, which end with it:
+# - a statement in autocommit mode is its own transaction: it goes in one pipeline after the
+#   settings, both in the implicit transaction that the pipeline's one Sync ends: no round
+#   trip added;
+# - `conn.transaction()` runs them right after its BEGIN: one round trip per transaction.
+#   (Pipelined with the first statement instead, the server would not arm
+#   idle_in_transaction_session_timeout until the next one: psycopg ends a pipeline with a
+#   Flush after its Sync, and any message after the Sync disarms the idle timer.)
+# - COPY and executemany cannot share a pipeline: in autocommit mode they run in a
+#   transaction (which changes nothing: each was all-or-nothing already).
+
+
+def _settings_due(conn: Any, query: Any = None) -> bytes | None:
+    """The settings statement, if the statement about to run is a transaction of its own."""
+    settings: bytes | None = getattr(conn, "transaction_settings", None)
+    if settings is None or query == "":  # "": the pool's liveness check runs nothing
+        return None
+    if conn._pipeline is not None or conn.pgconn.transaction_status != IDLE:
+        return None
+    return settings
+
+
 class DeadlineCursor(psycopg.Cursor[Row]):
     """A cursor whose execute/executemany/copy give up after the connection's deadline.
 
@@ -130,11 +157,17 @@ class DeadlineCursor(psycopg.Cursor[Row]):
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> DeadlineCursor[Row]:
         with deadline(self._conn, _seconds(self._conn)):
-            super().execute(query, params, **kwargs)
+            settings = _settings_due(self._conn, query)
+            if settings is None:
+                super().execute(query, params, **kwargs)
+            else:
+                with self._conn.pipeline():
+                    psycopg.Cursor(self._conn).execute(settings)
+                    super().execute(query, params, **kwargs)
         return self
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
-        with deadline(self._conn, _seconds(self._conn)):
+        with deadline(self._conn, _seconds(self._conn)), self._settings_first():
             super().executemany(query, params_seq, **kwargs)
 
     @contextmanager
@@ -143,9 +176,18 @@ class DeadlineCursor(psycopg.Cursor[Row]):
     ) -> Iterator[Copy]:
         with (
             deadline(self._conn, _seconds(self._conn)),
+            self._settings_first(),
             super().copy(statement, params, writer=writer) as copy,
         ):
             yield copy
+
+    @contextmanager
+    def _settings_first(self) -> Iterator[None]:
+        if _settings_due(self._conn) is None:
+            yield
+        else:
+            with self._conn.transaction():  # which sets them
+                yield
 
 
 class AsyncDeadlineCursor(psycopg.AsyncCursor[Row]):
@@ -153,20 +195,38 @@ class AsyncDeadlineCursor(psycopg.AsyncCursor[Row]):
         self, query: Any, params: Any = None, **kwargs: Any
     ) -> AsyncDeadlineCursor[Row]:
         with deadline(self._conn, _seconds(self._conn)):
-            await super().execute(query, params, **kwargs)
+            settings = _settings_due(self._conn, query)
+            if settings is None:
+                await super().execute(query, params, **kwargs)
+            else:
+                async with self._conn.pipeline():
+                    await psycopg.AsyncCursor(self._conn).execute(settings)
+                    await super().execute(query, params, **kwargs)
         return self
 
     async def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
         with deadline(self._conn, _seconds(self._conn)):
-            await super().executemany(query, params_seq, **kwargs)
+            async with self._settings_first():
+                await super().executemany(query, params_seq, **kwargs)
 
     @asynccontextmanager
     async def copy(
         self, statement: Query, params: Params | None = None, *, writer: AsyncWriter | None = None
     ) -> AsyncIterator[AsyncCopy]:
         with deadline(self._conn, _seconds(self._conn)):
-            async with super().copy(statement, params, writer=writer) as copy:
+            async with (
+                self._settings_first(),
+                super().copy(statement, params, writer=writer) as copy,
+            ):
                 yield copy
+
+    @asynccontextmanager
+    async def _settings_first(self) -> AsyncIterator[None]:
+        if _settings_due(self._conn) is None:
+            yield
+        else:
+            async with self._conn.transaction():  # which sets them
+                yield
 
 
 def _seconds(conn: Any) -> float:
@@ -177,17 +237,39 @@ class DeadlineConnection(psycopg.Connection[Row]):
     """Connection used by unbroken's sync pools: every cursor has a deadline."""
 
     statement_deadline: float = 300.0
+    transaction_settings: bytes | None = None  # see "per-transaction settings" above
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cursor_factory = DeadlineCursor
+
+    @contextmanager
+    def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> Iterator[Transaction]:
+        outermost = self.pgconn.transaction_status == IDLE
+        with super().transaction(savepoint_name, force_rollback) as tx:
+            if outermost and self.transaction_settings is not None:
+                self.cursor().execute(self.transaction_settings)  # with the deadline
+            yield tx
 
 
 class AsyncDeadlineConnection(psycopg.AsyncConnection[Row]):
     """Connection used by unbroken's async pools: every cursor has a deadline."""
 
     statement_deadline: float = 300.0
+    transaction_settings: bytes | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cursor_factory = AsyncDeadlineCursor
+
+    @asynccontextmanager
+    async def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> AsyncIterator[AsyncTransaction]:
+        outermost = self.pgconn.transaction_status == IDLE
+        async with super().transaction(savepoint_name, force_rollback) as tx:
+            if outermost and self.transaction_settings is not None:
+                await self.cursor().execute(self.transaction_settings)
+            yield tx

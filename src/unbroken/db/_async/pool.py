@@ -37,12 +37,18 @@ from psycopg_pool.pool_async import AddConnection
 from unbroken.db.backoff import Backoff, BackoffPolicy
 from unbroken.db.classify import is_connection_error, is_transient
 from unbroken.db.compat import AsyncWork, asleep
-from unbroken.db.conninfo import connection_kwargs, describe_target, redact
+from unbroken.db.conninfo import (
+    connection_kwargs,
+    describe_target,
+    redact,
+    session_statement,
+    transaction_statement,
+)
 from unbroken.db.deadline import AsyncDeadlineConnection
 from unbroken.db.liveness import mark_alive, recently_alive
 from unbroken.db.reconnect import GatedAttempt, ReconnectGate
 from unbroken.db.stats import PoolStats, caller_outside_unbroken
-from unbroken.errors import DatabaseUnavailable, UnitOfWorkFailed
+from unbroken.errors import ConfigError, DatabaseUnavailable, UnitOfWorkFailed
 from unbroken.settings import Settings
 
 T = TypeVar("T")
@@ -96,6 +102,8 @@ class AsyncRolePool:
         self._conninfo = conninfo
         self._flushes = 0
         self._dirty_returns = 0
+        self._on_connect = session_statement(settings, role=role)
+        self._per_transaction = transaction_statement(settings, role=role)
         self._pool = AsyncSteadyPool(
             conninfo,
             name=role,
@@ -112,6 +120,10 @@ class AsyncRolePool:
 
     async def _configure(self, conn: AsyncConnection[Any]) -> None:
         conn.statement_deadline = self.settings.deadline()  # type: ignore[attr-defined]
+        # Behind PgBouncer the server settings cannot ride in the startup packet (conninfo.py).
+        conn.transaction_settings = self._per_transaction  # type: ignore[attr-defined]
+        if self._on_connect is not None:
+            await conn.execute(self._on_connect)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -244,6 +256,12 @@ async def wait_until_reachable(conninfo: str, settings: Settings) -> None:
         try:
             conn = await AsyncConnection.connect(conninfo, **kwargs)
         except psycopg.Error as exc:
+            if "unsupported startup parameter: options" in str(exc):
+                raise ConfigError(
+                    f"{describe_target(conninfo)} refuses the startup parameter `options`: "
+                    "it is PgBouncer. Set UNBROKEN_PGBOUNCER=session or =transaction "
+                    "(its pool_mode; docs/pgbouncer.md)"
+                ) from None
             delay = backoff.failed()
             reason = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc)
             if delay is None:
