@@ -2,6 +2,7 @@
 
 from unbroken.app import App, Task
 from unbroken.chunks import AsyncChunk, BadRecords, Chunk, Page, run_chunks, run_chunks_sync
+from unbroken.chunks.progress import Progress, read_progress
 from unbroken.context import JobContext, current_job
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.enqueue import JobSpec
@@ -18,7 +19,6 @@ from unbroken.errors import (
     UnbrokenError,
     UnitOfWorkFailed,
 )
-from unbroken.progress import Progress, read_progress
 from unbroken.settings import Settings, load_settings
 from unbroken.worker import Worker
 

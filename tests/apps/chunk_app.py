@@ -26,7 +26,7 @@ from typing import Any
 import unbroken
 from unbroken import current_job, telemetry
 from unbroken.chunks import AsyncChunk, Chunk, Page, run_chunks, run_chunks_sync
-from unbroken.progress import Progress
+from unbroken.chunks.progress import Progress
 
 app = unbroken.App()
 logger = logging.getLogger("chunk_app")

@@ -12,9 +12,9 @@ import pytest
 from chunks_support import arun, async_env
 from pg import Faults
 from unbroken.chunks import AsyncChunk, BadRecords, BadRecordsExceeded, Page, run_chunks
+from unbroken.chunks.progress import read_progress
 from unbroken.context import current_job
 from unbroken.errors import JobCancelled, LeaseLost
-from unbroken.progress import read_progress
 
 
 def rows(chunk: AsyncChunk[int]) -> list[tuple[int, str]]:

@@ -1,4 +1,4 @@
-"""The chunk runner's logic (unbroken.chunkstate) without a database.
+"""The chunk runner's logic (unbroken.chunks.state) without a database.
 
 `drive` performs the run's effects the way the real runners do, answering its three queries
 from a `FakeJob`: these tests are about the decisions (what is read, skipped, checkpointed,
@@ -15,7 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from unbroken.chunkstate import (
+from unbroken.chunks.progress import Progress
+from unbroken.chunks.state import (
     WRITE,
     BadRecords,
     BadRecordsExceeded,
@@ -31,7 +32,6 @@ from unbroken.chunkstate import (
 )
 from unbroken.context import JobContext
 from unbroken.errors import JobCancelled, LeaseLost, UnbrokenError, UnitOfWorkFailed
-from unbroken.progress import Progress
 from unbroken.settings import load_settings
 from unbroken.sql import queries
 

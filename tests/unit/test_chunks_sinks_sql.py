@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from unbroken.progress import Progress
-from unbroken.sinks import copy_statement, upsert_statements
+from unbroken.chunks.progress import Progress
+from unbroken.chunks.sinks import copy_statement, upsert_statements
 
 
 def test_copy_quotes_every_name() -> None:

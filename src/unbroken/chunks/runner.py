@@ -56,8 +56,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 from psycopg import AsyncConnection, Connection
 from psycopg.rows import tuple_row
 
-from unbroken import sinks
-from unbroken.chunkstate import (
+from unbroken.chunks import sinks
+from unbroken.chunks.progress import Progress
+from unbroken.chunks.state import (
     WRITE,
     BadRecords,
     ChunkRun,
@@ -72,7 +73,6 @@ from unbroken.chunkstate import (
 )
 from unbroken.context import JobContext, current_job
 from unbroken.errors import BadRecordsExceeded, CommitsLost, UnbrokenError
-from unbroken.progress import Progress
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection as SAConnection

@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import PoolClosed
 
 from unbroken import telemetry
+from unbroken.chunks.progress import Progress
 from unbroken.db.backoff import Backoff, BackoffPolicy
 from unbroken.db.classify import is_transient
 from unbroken.db.conninfo import redact
@@ -35,7 +36,6 @@ from unbroken.errors import (
     UnbrokenError,
     UnitOfWorkFailed,
 )
-from unbroken.progress import Progress
 from unbroken.sql import queries
 
 if TYPE_CHECKING:
