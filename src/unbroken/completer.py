@@ -28,6 +28,7 @@ from unbroken.db.arrays import claim_array, float_array, int_array, word_array
 from unbroken.db.backoff import Backoff, BackoffPolicy
 from unbroken.db.classify import is_transient
 from unbroken.sql import Queries
+from unbroken.states import JobState, OutcomeKind
 
 logger = logging.getLogger("unbroken.completer")
 
@@ -42,9 +43,8 @@ class Outcome:
     job_id: int
     attempt: int
     claim: str  # the attempt's claim token (JobContext.claim): fences a claim a crash forgot
-    state: str  # the job's next state: succeeded retryable dead cancelled scheduled available
-    kind: str  # what happened, for logs and telemetry: succeeded failed timeout dead
-    #            cancelled snoozed handback unknown_task undecodable
+    state: JobState  # the job's next state (states.state_after)
+    kind: OutcomeKind  # what happened, for logs and telemetry
     queue: str
     task: str
     delay: float | None = None  # seconds until the retry (retryable) or next run (scheduled)
@@ -170,7 +170,7 @@ class Completer:
             self._first_at = time.monotonic()
         self._has_room.set()
 
-    async def _write(self, batch: list[Outcome]) -> dict[int, str]:
+    async def _write(self, batch: list[Outcome]) -> dict[int, JobState]:
         """Write a batch; returns {place (from 1): state written} of the outcomes recorded."""
         # Plain columns go as array literals (db/arrays.py); jsonb columns are lists,
         # usually all None (then one NULL stands for the array).
@@ -191,7 +191,7 @@ class Completer:
             # Never prepared: a cached generic plan cannot see the arrays' sizes and was
             # measured 20x slower than a fresh plan, which costs well under a millisecond.
             cur = await conn.execute(self._sql, params, prepare=False)
-            return {row[3]: row[1] for row in await cur.fetchall()}
+            return {row[3]: JobState(row[1]) for row in await cur.fetchall()}
 
     async def _write_singly(self, batch: list[Outcome]) -> None:
         for outcome in batch:
@@ -224,7 +224,7 @@ class Completer:
                 self._account([outcome], written)
                 break
 
-    def _account(self, batch: list[Outcome], written: dict[int, str]) -> None:
+    def _account(self, batch: list[Outcome], written: dict[int, JobState]) -> None:
         """Count the batch, and log each outcome as the database recorded it (logs.py)."""
         self.written += len(written)
         verbose = logs.JOBS.isEnabledFor(logging.DEBUG)  # successes are logged only then
@@ -234,7 +234,7 @@ class Completer:
                 self.fenced += 1
                 telemetry.emit("write.fenced", job_id=o.job_id, attempt=o.attempt, kind=o.kind)
                 logs.fenced(o, self._worker_id)
-            elif verbose or state != "succeeded":
+            elif verbose or state != JobState.SUCCEEDED:
                 logs.outcome(o, state, self._worker_id)
 
 

@@ -37,6 +37,7 @@ from unbroken.completer import Completer, Outcome
 from unbroken.context import JobContext, reset_current_job, set_current_job
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.errors import JobCancelled, LeaseLost, Snooze
+from unbroken.states import OutcomeKind, state_after
 
 if TYPE_CHECKING:
     from unbroken.app import App, Task
@@ -45,14 +46,6 @@ if TYPE_CHECKING:
     from unbroken.settings import Settings
 
 logger = logging.getLogger("unbroken.executor")
-_STATE_OF_KIND = {
-    "succeeded": "succeeded",
-    "dead": "dead",
-    "cancelled": "cancelled",
-    "snoozed": "scheduled",  # runs again later; the attempt is given back
-    "handback": "available",  # shutdown: someone else runs it now; the attempt is given back
-    "unknown_task": "scheduled",  # no such task here: offered again later, the attempt given back
-}
 TRACEBACK_LIMIT = 16_000  # characters of traceback kept per attempt
 UNKNOWN_TASK_CAP = 3600.0  # the longest wait between two offers of a job of an unknown task
 
@@ -202,16 +195,12 @@ class Executor:
             await self._completer.put(outcome)
 
     async def _attempt(self, ctx: JobContext, started: float) -> Outcome | None:
-        def done(kind: str, **kw: Any) -> Outcome:
-            if kind in ("failed", "timeout"):
-                state = "dead" if ctx.attempt >= ctx.max_attempts else "retryable"
-            else:
-                state = _STATE_OF_KIND[kind]
+        def done(kind: OutcomeKind, **kw: Any) -> Outcome:
             return Outcome(
                 ctx.job_id,
                 ctx.attempt,
                 ctx.claim,
-                state,
+                state_after(kind, ctx.attempt, ctx.max_attempts),
                 kind,
                 ctx.queue,
                 ctx.task,
@@ -223,40 +212,40 @@ class Executor:
         task = self._app.tasks.get(ctx.task)
         if task is None:
             delay, error = await self._unknown_task(ctx)
-            return done("unknown_task", delay=delay, error=error)
+            return done(OutcomeKind.UNKNOWN_TASK, delay=delay, error=error)
         token = set_current_job(ctx)
         try:
             result = await self._call(task, ctx)
         except Snooze as snooze:
-            return done("snoozed", delay=snooze.seconds)
+            return done(OutcomeKind.SNOOZED, delay=snooze.seconds)
         except JobCancelled as exc:
-            return done("cancelled", error=self._error_of(ctx, exc, "cancelled"))
+            return done(OutcomeKind.CANCELLED, error=self._error_of(ctx, exc, "cancelled"))
         except LeaseLost:
             logger.info("job %d attempt %d stopped: lease lost", ctx.job_id, ctx.attempt)
             return None  # any write would be fenced: the job belongs to someone else now
         except AttemptTimeout as exc:
             ctx.cancel_requested = True  # a sync thread may still be running: ask it to stop
             return done(
-                "timeout",
+                OutcomeKind.TIMEOUT,
                 delay=task.options.retry.delay(ctx.attempt),
                 error=self._error(ctx, "Timeout", str(exc), _tb(exc), "timeout"),
             )
         except asyncio.CancelledError:
             if self.shutting_down or ctx.lease_lost:
                 # Shutdown grace ran out: hand the job back without spending the attempt.
-                return None if ctx.lease_lost else done("handback")
+                return None if ctx.lease_lost else done(OutcomeKind.HANDBACK)
             raise
         except Exception as exc:
             if task.options.permanent(exc):
-                return done("dead", error=self._error_of(ctx, exc, "permanent"))
+                return done(OutcomeKind.DEAD, error=self._error_of(ctx, exc, "permanent"))
             return done(
-                "failed",
+                OutcomeKind.FAILED,
                 delay=task.options.retry.delay(ctx.attempt),
                 error=self._error_of(ctx, exc, "error"),
             )
         finally:
             reset_current_job(token)
-        return done("succeeded", result=_result_json(ctx, result))
+        return done(OutcomeKind.SUCCEEDED, result=_result_json(ctx, result))
 
     async def _call(self, task: Task[Any, Any], ctx: JobContext) -> Any:
         payload = ctx.args

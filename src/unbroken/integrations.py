@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from unbroken import telemetry
+from unbroken.states import FAILED_OUTCOMES
 
 logger = logging.getLogger("unbroken.integrations")
-FAILED = frozenset({"failed", "dead", "timeout", "unknown_task"})
 
 
 def _module(name: str) -> Any | None:
@@ -43,7 +43,7 @@ class SentryHandler:
         self.sdk = sdk
 
     def __call__(self, name: str, f: dict[str, Any]) -> None:
-        if name != "job.finished" or f.get("outcome") not in FAILED:
+        if name != "job.finished" or f.get("outcome") not in FAILED_OUTCOMES:
             return
         tags = {
             "unbroken.task": str(f.get("task")),
@@ -113,7 +113,7 @@ class TracingHandler:
                 return
             outcome = str(f.get("outcome"))
             span.set_attribute("unbroken.outcome", outcome)
-            if outcome in FAILED:
+            if outcome in FAILED_OUTCOMES:
                 span.set_status(
                     self.trace.Status(
                         self.trace.StatusCode.ERROR, f"{f.get('error_type')}: {f.get('error')}"

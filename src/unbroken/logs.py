@@ -33,6 +33,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from unbroken.states import JobState, OutcomeKind
+
 if TYPE_CHECKING:
     from unbroken.completer import Outcome
 
@@ -105,38 +107,38 @@ def started(
             queue=queue,
             attempt=attempt,
             max_attempts=max_attempts,
-            state="running",
+            state=JobState.RUNNING,
             worker=worker,
         )
 
 
-def outcome(o: Outcome, state: str, worker: str) -> None:
+def outcome(o: Outcome, state: JobState, worker: str) -> None:
     """The line for an outcome the database recorded, `state` being the state it wrote."""
     err = _error_of(o.error)
     kind = err.get("kind")
-    reason: str | None = kind if kind else (None if o.kind == "succeeded" else o.kind)
+    reason: str | None = kind if kind else (None if o.kind == OutcomeKind.SUCCEEDED else o.kind)
     error = f"{err['type']}: {err['message']}" if err else None
     head = f"job {o.job_id} {o.task} attempt {o.attempt}/{o.max_attempts}"
     failed = f"failed: {err.get('type')}: {_short(err.get('message'))}"
     delay: float | None = None
-    if state == "succeeded":
+    if state == JobState.SUCCEEDED:
         level, event = logging.DEBUG, "succeeded"
         text = f" succeeded in {o.runtime_ms / 1000:.3f} s"
-    elif state == "retryable":
+    elif state == JobState.RETRYABLE:
         level, event, delay = logging.WARNING, "failed", o.delay
         text = f" {failed}; retry in {_seconds(o.delay)}"
-    elif state == "dead":
+    elif state == JobState.DEAD:
         level, event = logging.ERROR, "dead"
         why = "a permanent error, not retried" if kind == "permanent" else "no attempt left"
         text = f" {failed}; dead: {why}"
-    elif state == "cancelled":
+    elif state == JobState.CANCELLED:
         level, event = logging.INFO, "cancelled"
-        if o.kind == "cancelled":
+        if o.kind == OutcomeKind.CANCELLED:
             text = " cancelled: it stopped at the cancel request"
         else:
             reason = "cancel_requested"
             text = f" {failed if err else o.kind}; cancelled: a cancel was requested"
-    elif state == "scheduled" and o.kind == "unknown_task":
+    elif state == JobState.SCHEDULED and o.kind == OutcomeKind.UNKNOWN_TASK:
         level, event, delay = logging.ERROR, "task_not_found", o.delay
         text = (
             f" (queue {o.queue}): no task named {o.task!r} in this worker's app (worker "
@@ -144,7 +146,7 @@ def outcome(o: Outcome, state: str, worker: str) -> None:
             "and waits until a worker that knows it runs it or it is cancelled. Is the "
             "task's module imported by the worker's app (--app), under the same name?"
         )
-    elif state == "scheduled":
+    elif state == JobState.SCHEDULED:
         level, event, delay = logging.DEBUG, "snoozed", o.delay
         text = f" snoozed for {_seconds(o.delay)} (attempt not spent)"
     else:  # available: handed back

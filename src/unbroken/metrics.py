@@ -29,6 +29,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from unbroken import telemetry
 from unbroken.admin import OperatorStore
 from unbroken.db.stats import PoolStats
+from unbroken.states import FAILED_OUTCOMES
 
 logger = logging.getLogger("unbroken.metrics")
 
@@ -51,7 +52,6 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )
 WAIT_BUCKETS = DURATION_BUCKETS[1:]  # a wait under 10 ms is one bucket
 SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
-FAILED_OUTCOMES = frozenset({"failed", "dead", "timeout", "unknown_task"})
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from unbroken.db.backoff import Backoff, BackoffPolicy
 from unbroken.enqueue import decode_payload
 from unbroken.executor import Executor
 from unbroken.sql import Queries
+from unbroken.states import JobState, OutcomeKind
 
 logger = logging.getLogger("unbroken.producer")
 BACKLOG_GATHER_SECONDS = 0.002  # wait this long for more free slots when work is queued
@@ -124,7 +125,7 @@ class Producer:
                 "type": "UndecodableArgs",
                 "message": message,
                 "traceback": None,
-                "kind": "undecodable",
+                "kind": OutcomeKind.UNDECODABLE,
             }
         )
         if telemetry.active():
@@ -134,14 +135,23 @@ class Producer:
                 task=task,
                 queue=queue,
                 attempt=attempt,
-                outcome="dead",
+                outcome=OutcomeKind.DEAD,
                 duration_s=0.0,
                 error_type="UndecodableArgs",
                 error=error,
             )
         # Written, fenced and batched like any outcome; its lease is renewed meanwhile.
         await self._completer.put(
-            Outcome(job_id, attempt, claim, "dead", "undecodable", queue, task, error=error)
+            Outcome(
+                job_id,
+                attempt,
+                claim,
+                JobState.DEAD,
+                OutcomeKind.UNDECODABLE,
+                queue,
+                task,
+                error=error,
+            )
         )
 
     async def _fetch(self, limit: int) -> list[tuple[Any, ...]]:

@@ -8,8 +8,10 @@ A handler that raises is logged and never breaks the runtime.
 |-------------------|---------------------------------------------------------------------------|
 | job.started       | job_id, task, queue, attempt, wait_s (enqueue or due time to start)       |
 | job.finished      | job_id, task, queue, attempt, outcome, duration_s, error_type, error      |
-|                   | outcome: succeeded, failed, dead, cancelled, snoozed, timeout, handback,  |
-|                   | unknown_task (no such task in this app: offered again, attempt unspent)   |
+|                   | outcome (states.OutcomeKind): succeeded, failed, dead, cancelled,         |
+|                   | snoozed, timeout, handback, unknown_task (no such task in this app:       |
+|                   | offered again, attempt unspent); a row whose args cannot be decoded       |
+|                   | reports dead                                                              |
 | batch.flushed     | kind (finish or lease), size, duration_s                                  |
 | batch.failed      | kind, size, error_type (the batch is retried, then written one by one)    |
 | write.fenced      | job_id, attempt, kind: a stale write changed nothing (lease moved on)     |

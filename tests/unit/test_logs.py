@@ -14,6 +14,7 @@ from unbroken import logs
 from unbroken.cli.main import setup_logging
 from unbroken.completer import Outcome
 from unbroken.errors import ConfigError
+from unbroken.states import JobState, OutcomeKind
 
 WORKER = "host:1:abc"
 
@@ -23,7 +24,9 @@ def error(type_: str, message: str, kind: str) -> str:
 
 
 def outcome(kind: str, state: str, **kw: Any) -> Outcome:
-    return Outcome(42, 2, "claim", state, kind, "mail", "app.send", max_attempts=5, **kw)
+    return Outcome(
+        42, 2, "claim", JobState(state), OutcomeKind(kind), "mail", "app.send", max_attempts=5, **kw
+    )
 
 
 def line(
@@ -31,7 +34,7 @@ def line(
 ) -> tuple[logging.LogRecord, dict[str, Any]]:
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="unbroken.jobs"):
-        logs.outcome(o, recorded, WORKER)
+        logs.outcome(o, JobState(recorded), WORKER)
     [record] = caplog.records
     return record, record.unbroken  # type: ignore[attr-defined]
 
