@@ -19,8 +19,8 @@ from unbroken.errors import (
     UnbrokenError,
     UnitOfWorkFailed,
 )
+from unbroken.runtime.worker import Worker
 from unbroken.settings import Settings, load_settings
-from unbroken.worker import Worker
 
 Retry = BackoffPolicy  # reads well at the call site: @app.task(retry=unbroken.Retry(base=5))
 

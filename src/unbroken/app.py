@@ -42,7 +42,7 @@ from unbroken.settings import Settings, load_settings
 from unbroken.sql import Queries, queries
 
 if TYPE_CHECKING:
-    from unbroken.worker import Worker
+    from unbroken.runtime.worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -437,6 +437,6 @@ class App:
     # --- workers ---------------------------------------------------------------------------
     def worker(self, **overrides: Any) -> Worker:
         """A worker for this app; `overrides` are settings (concurrency, queues, ...)."""
-        from unbroken.worker import Worker
+        from unbroken.runtime.worker import Worker
 
         return Worker(self, **overrides)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from unbroken.states import JobState, OutcomeKind
 
 if TYPE_CHECKING:
-    from unbroken.completer import Outcome
+    from unbroken.runtime.completer import Outcome
 
 JOBS = logging.getLogger("unbroken.jobs")
 

@@ -278,7 +278,7 @@ def test_maintenance_ticks_as_often_as_asked_between_term_renewals(database_url:
     import asyncio
 
     from unbroken.db._async.pool import AsyncRolePool
-    from unbroken.elector import Elector
+    from unbroken.runtime.elector import Elector
     from unbroken.settings import Settings
 
     with psycopg.connect(database_url, autocommit=True) as conn:

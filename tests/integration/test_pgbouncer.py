@@ -38,7 +38,7 @@ from unbroken import App
 from unbroken.db._async.pool import AsyncDatabase
 from unbroken.db._sync.pool import RolePool, wait_until_reachable
 from unbroken.errors import ConfigError
-from unbroken.notifier import Notifier
+from unbroken.runtime.notifier import Notifier
 from unbroken.settings import Settings, load_settings
 from unbroken.sql import queries
 

@@ -12,8 +12,8 @@ import pytest
 
 from unbroken import logs
 from unbroken.cli.main import setup_logging
-from unbroken.completer import Outcome
 from unbroken.errors import ConfigError
+from unbroken.runtime.completer import Outcome
 from unbroken.states import JobState, OutcomeKind
 
 WORKER = "host:1:abc"

@@ -24,11 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from unbroken import telemetry
-from unbroken.completer import Completer, Outcome
 from unbroken.db._async.pool import AsyncRolePool
 from unbroken.db.backoff import Backoff, BackoffPolicy
 from unbroken.enqueue import decode_payload
-from unbroken.executor import Executor
+from unbroken.runtime.completer import Completer, Outcome
+from unbroken.runtime.executor import Executor
 from unbroken.sql import Queries
 from unbroken.states import JobState, OutcomeKind
 

@@ -24,16 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from unbroken.completer import Completer
 from unbroken.db._async.pool import AsyncDatabase, AsyncRolePool
 from unbroken.db._sync.pool import Database
-from unbroken.elector import Elector, term_for
 from unbroken.errors import ConfigError
-from unbroken.executor import Executor
-from unbroken.leases import LeaseKeeper
-from unbroken.maintenance import Maintenance
-from unbroken.notifier import Notifier
-from unbroken.producer import Producer
+from unbroken.runtime.completer import Completer
+from unbroken.runtime.elector import Elector, term_for
+from unbroken.runtime.executor import Executor
+from unbroken.runtime.leases import LeaseKeeper
+from unbroken.runtime.maintenance import Maintenance
+from unbroken.runtime.notifier import Notifier
+from unbroken.runtime.producer import Producer
 from unbroken.settings import Settings, describe_validation_error
 
 if TYPE_CHECKING:

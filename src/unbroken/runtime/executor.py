@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from unbroken import logs, telemetry
-from unbroken.completer import Completer, Outcome
 from unbroken.context import JobContext, reset_current_job, set_current_job
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.errors import JobCancelled, LeaseLost, Snooze
+from unbroken.runtime.completer import Completer, Outcome
 from unbroken.states import OutcomeKind, state_after
 
 if TYPE_CHECKING:

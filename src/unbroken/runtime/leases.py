@@ -18,10 +18,10 @@ import time
 from typing import Any
 
 from unbroken import telemetry
-from unbroken.completer import Completer
 from unbroken.db._async.pool import AsyncRolePool
 from unbroken.db.arrays import claim_array, int_array
-from unbroken.executor import Executor
+from unbroken.runtime.completer import Completer
+from unbroken.runtime.executor import Executor
 from unbroken.sql import Queries
 
 logger = logging.getLogger("unbroken.leases")
