@@ -388,7 +388,7 @@ class App:
         from psycopg.rows import dict_row
         from psycopg.types.json import set_json_loads
 
-        from unbroken.admin import lenient_loads
+        from unbroken.ops.format import lenient_loads
 
         def read(conn: Connection[Any]) -> dict[str, Any] | None:
             cur = conn.cursor(row_factory=dict_row)

@@ -27,8 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import REGISTRY, Collector
 
 from unbroken import telemetry
-from unbroken.admin import OperatorStore
 from unbroken.db.stats import PoolStats
+from unbroken.ops.store import OperatorStore
 from unbroken.states import FAILED_OUTCOMES
 
 logger = logging.getLogger("unbroken.metrics")

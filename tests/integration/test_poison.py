@@ -26,8 +26,8 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from apps.harness import FAST_SETTINGS, Probe, running_worker, wait_until
 from unbroken import App, EnqueueError
-from unbroken.admin import Undecodable
 from unbroken.enqueue import MAX_ARGS_DEPTH
+from unbroken.ops.format import Undecodable
 from unbroken.settings import load_settings
 
 with warnings.catch_warnings():
@@ -332,7 +332,8 @@ def test_the_dashboard_shows_an_undecodable_row(
 def test_the_store_decodes_defensively_in_one_place(
     database_url: str, poisoned: dict[str, int]
 ) -> None:
-    from unbroken.admin import JobFilter, OperatorStore
+    from unbroken.ops.filters import JobFilter
+    from unbroken.ops.store import OperatorStore
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         store = OperatorStore(conn)

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from unbroken.admin import HealthInputs
 from unbroken.db.stats import PoolStats
-from unbroken.health import HealthReport, Reason, Thresholds, evaluate
+from unbroken.ops.health import HealthReport, Reason, Thresholds, evaluate
+from unbroken.ops.rows import HealthInputs
 
 CALM = HealthInputs(
     oldest_wait_s=2.0,

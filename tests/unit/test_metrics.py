@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from unbroken import integrations, metrics, telemetry
-from unbroken.admin import PriorityBacklog, QueueInfo, StateCount
 from unbroken.db.stats import PoolStats
+from unbroken.ops.rows import PriorityBacklog, QueueInfo, StateCount
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -33,24 +33,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from unbroken import health as health_mod
-from unbroken.admin import (
-    CANCELLABLE_STATES,
-    RETRYABLE_STATES,
-    BulkResult,
-    JobDetail,
-    JobFilter,
-    OperatorStore,
-    ProgressView,
-    format_age,
-    parse_duration,
-    shown_json,
-    to_json,
-)
 from unbroken.db._sync.pool import Database
 from unbroken.db.target import resolve_target
 from unbroken.errors import ConfigError, DatabaseUnavailable, EmbeddedServerError, UnbrokenError
+from unbroken.ops import health as health_mod
+from unbroken.ops.filters import JobFilter, parse_duration
+from unbroken.ops.format import format_age, shown_json, to_json
+from unbroken.ops.rows import BulkResult, JobDetail, ProgressView
+from unbroken.ops.store import CANCELLABLE_STATES, RETRYABLE_STATES, OperatorStore
 from unbroken.settings import load_settings
+from unbroken.states import JobState
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -443,7 +435,7 @@ def jobs_cancel(
         CANCELLABLE_STATES,
         "Cancel",
         "cancelling",
-        lambda store, job_ids: [i for i, _ in store.job_cancel(job_ids)],
+        lambda store, job_ids: [c.id for c in store.job_cancel(job_ids)],
         lambda store, flt, p: store.job_cancel_matching(flt, progress=p),
         yes,
     )
@@ -453,7 +445,7 @@ def jobs_cancel(
 def _by_ids_or_filter(
     ids: list[int],
     flt: JobFilter,
-    states: tuple[str, ...],
+    states: Sequence[JobState],
     verb: str,
     doing: str,
     by_ids: Callable[[OperatorStore, list[int]], list[int]],

@@ -36,17 +36,6 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from unbroken import health as health_mod
-from unbroken.admin import (
-    CANCELLABLE_STATES,
-    RETRYABLE_STATES,
-    STATES,
-    JobFilter,
-    OperatorStore,
-    format_age,
-    jsonable,
-    shown_json,
-)
 from unbroken.dashboard.security import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -59,7 +48,14 @@ from unbroken.db._sync.pool import Database
 from unbroken.db.conninfo import redact
 from unbroken.errors import ConfigError, DatabaseUnavailable, StatementDeadline
 from unbroken.metrics import DatabaseCollector, PoolCollector
+from unbroken.ops import health as health_mod
+from unbroken.ops.filters import JobFilter
+from unbroken.ops.format import format_age, jsonable, shown_json
+from unbroken.ops.store import CANCELLABLE_STATES, RETRYABLE_STATES, OperatorStore
 from unbroken.settings import Settings, load_settings
+from unbroken.states import JobState
+
+STATES = tuple(JobState)
 
 HERE = Path(__file__).parent
 FLASH_COOKIE = "unbroken_flash"
@@ -406,7 +402,7 @@ class Dashboard:
                 f"Job {job_id}: "
                 + (
                     "cancel requested (it stops at its next heartbeat)."
-                    if states and states[0][1] == "running"
+                    if states and states[0].state == JobState.RUNNING
                     else "cancelled."
                 )
                 if states

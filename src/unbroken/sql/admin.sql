@@ -3,6 +3,21 @@
 -- statement serves every combination and nothing is built by concatenation. Writes go
 -- through the guarded queries in jobs.sql (job_retry_many, job_cancel_many); the only
 -- write here, job_delete_many, refuses to touch jobs that are not finished.
+--
+-- Two conditions are shared: `job_filter` (an operator's job filter) and
+-- `dead_letter_filter` (which dead letters an action applies to). They are not statements:
+-- the queries that use them say `{job_filter}` where the condition goes, and the operator
+-- store (unbroken.ops.store) composes them in with psycopg.sql once, at first use.
+
+-- name: job_filter
+-- The condition an operator's filter puts on jobs (JobFilter.params); composed into job_list, job_count_matching and job_ids_matching.
+(%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]::unbroken.job_state[]))
+AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+AND (%(task)s::text IS NULL OR task = %(task)s::text)
+AND (%(older_than)s::float8 IS NULL
+     OR created_at < now() - make_interval(secs => %(older_than)s::float8))
+AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
+AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
 
 -- name: job_list
 -- Jobs matching an operator's filter, newest first, one page at a time (before_id is the cursor).
@@ -12,13 +27,7 @@ SELECT id, queue, task, state::text AS state, priority, attempt, max_attempts, a
        errors -> -1 ->> 'type' AS last_error_type,
        errors -> -1 ->> 'message' AS last_error
 FROM unbroken.jobs
-WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]::unbroken.job_state[]))
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-  AND (%(task)s::text IS NULL OR task = %(task)s::text)
-  AND (%(older_than)s::float8 IS NULL
-       OR created_at < now() - make_interval(secs => %(older_than)s::float8))
-  AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
-  AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
+WHERE ({job_filter})
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
 ORDER BY id DESC
 LIMIT %(limit)s
@@ -27,25 +36,13 @@ LIMIT %(limit)s
 -- How many jobs an operator's filter matches (what a bulk action asks confirmation for).
 SELECT count(*) AS jobs
 FROM unbroken.jobs
-WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]::unbroken.job_state[]))
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-  AND (%(task)s::text IS NULL OR task = %(task)s::text)
-  AND (%(older_than)s::float8 IS NULL
-       OR created_at < now() - make_interval(secs => %(older_than)s::float8))
-  AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
-  AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
+WHERE {job_filter}
 
 -- name: job_ids_matching
 -- Ids matching an operator's filter in ascending order after `after_id`: bulk actions walk them in batches.
 SELECT id
 FROM unbroken.jobs
-WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]::unbroken.job_state[]))
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-  AND (%(task)s::text IS NULL OR task = %(task)s::text)
-  AND (%(older_than)s::float8 IS NULL
-       OR created_at < now() - make_interval(secs => %(older_than)s::float8))
-  AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
-  AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
+WHERE ({job_filter})
   AND id > %(after_id)s::bigint
 ORDER BY id
 LIMIT %(limit)s
@@ -78,7 +75,7 @@ GROUP BY queue, state
 ORDER BY queue, state
 
 -- name: queue_list
--- Every queue with its jobs by state, the age of its oldest waiting job, and whether it is paused.
+-- Every queue with its jobs by state, the age of its oldest waiting job, whether it is paused, and its waiting jobs per priority (highest first: higher priority runs first).
 WITH counts AS (
     SELECT queue,
            count(*) FILTER (WHERE state = 'available') AS available,
@@ -91,6 +88,21 @@ WITH counts AS (
     FROM unbroken.jobs
     WHERE state IN ('available', 'scheduled', 'retryable', 'running', 'dead')
     GROUP BY queue
+),
+by_priority AS (
+    SELECT queue, priority, count(*) AS available,
+           greatest(extract(epoch FROM now() - min(run_at))::float8, 0) AS oldest_wait_s
+    FROM unbroken.jobs
+    WHERE state = 'available'
+    GROUP BY queue, priority
+),
+backlogs AS (
+    SELECT queue,
+           jsonb_agg(jsonb_build_object('priority', priority, 'available', available,
+                                        'oldest_wait_s', oldest_wait_s)
+                     ORDER BY priority DESC) AS priorities
+    FROM by_priority
+    GROUP BY queue
 )
 SELECT coalesce(c.queue, q.name) AS name,
        coalesce(q.paused, false) AS paused,
@@ -100,19 +112,12 @@ SELECT coalesce(c.queue, q.name) AS name,
        coalesce(c.running, 0) AS running,
        coalesce(c.dead, 0) AS dead,
        CASE WHEN c.oldest_wait_s IS NOT NULL THEN greatest(c.oldest_wait_s, 0) END
-           AS oldest_wait_s
+           AS oldest_wait_s,
+       coalesce(b.priorities, '[]'::jsonb) AS priorities
 FROM counts AS c
 FULL JOIN unbroken.queues AS q ON q.name = c.queue
+LEFT JOIN backlogs AS b ON b.queue = coalesce(c.queue, q.name)
 ORDER BY 1
-
--- name: queue_list_by_priority
--- Waiting jobs per queue and priority, with the age of the oldest at each priority (higher priority runs first).
-SELECT queue, priority, count(*) AS available,
-       greatest(extract(epoch FROM now() - min(run_at))::float8, 0) AS oldest_wait_s
-FROM unbroken.jobs
-WHERE state = 'available'
-GROUP BY queue, priority
-ORDER BY queue, priority DESC
 
 -- name: dead_letter_groups
 -- Dead jobs grouped by queue, task, error type and message, largest group first; `key` names a group for retry and purge.
@@ -136,20 +141,24 @@ GROUP BY queue, task, error_type, message
 ORDER BY count(*) DESC, max(finished_at) DESC
 LIMIT %(limit)s
 
+-- name: dead_letter_filter
+-- The dead jobs a dead-letter action applies to: one group by `key` (all when NULL), a queue, a task, dead longer than `older_than` seconds; composed into dead_letter_ids and dead_letter_count.
+state = 'dead'::unbroken.job_state
+AND (%(key)s::text IS NULL
+     OR left(md5(queue || chr(31) || task
+                 || chr(31) || coalesce(errors -> -1 ->> 'type', '(no error recorded)')
+                 || chr(31) || left(coalesce(errors -> -1 ->> 'message', ''), 500)), 12)
+        = %(key)s::text)
+AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+AND (%(task)s::text IS NULL OR task = %(task)s::text)
+AND (%(older_than)s::float8 IS NULL
+     OR finished_at < now() - make_interval(secs => %(older_than)s::float8))
+
 -- name: dead_letter_ids
 -- Ids of dead jobs in one group (or all groups when key is NULL) after `after_id`, ascending, for batched retry or purge.
 SELECT id
 FROM unbroken.jobs
-WHERE state = 'dead'
-  AND (%(key)s::text IS NULL
-       OR left(md5(queue || chr(31) || task
-                   || chr(31) || coalesce(errors -> -1 ->> 'type', '(no error recorded)')
-                   || chr(31) || left(coalesce(errors -> -1 ->> 'message', ''), 500)), 12)
-          = %(key)s::text)
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-  AND (%(task)s::text IS NULL OR task = %(task)s::text)
-  AND (%(older_than)s::float8 IS NULL
-       OR finished_at < now() - make_interval(secs => %(older_than)s::float8))
+WHERE ({dead_letter_filter})
   AND id > %(after_id)s::bigint
 ORDER BY id
 LIMIT %(limit)s
@@ -158,41 +167,35 @@ LIMIT %(limit)s
 -- How many dead jobs one group (or all, when key is NULL) holds: what retry and purge ask confirmation for.
 SELECT count(*) AS jobs
 FROM unbroken.jobs
-WHERE state = 'dead'
-  AND (%(key)s::text IS NULL
-       OR left(md5(queue || chr(31) || task
-                   || chr(31) || coalesce(errors -> -1 ->> 'type', '(no error recorded)')
-                   || chr(31) || left(coalesce(errors -> -1 ->> 'message', ''), 500)), 12)
-          = %(key)s::text)
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-  AND (%(task)s::text IS NULL OR task = %(task)s::text)
-  AND (%(older_than)s::float8 IS NULL
-       OR finished_at < now() - make_interval(secs => %(older_than)s::float8))
+WHERE {dead_letter_filter}
 
 -- name: stats_by_task
--- Outcomes and total run time per queue and task over the last `window` seconds, from the per-minute counters.
-SELECT queue, task,
-       sum(succeeded)::bigint AS succeeded,
-       sum(failed)::bigint AS failed,
-       sum(dead)::bigint AS dead,
-       sum(runtime_ms)::bigint AS runtime_ms
-FROM unbroken.stats_minutely
-WHERE minute >= date_trunc('minute', now() - make_interval(secs => %(window)s::float8))
-GROUP BY queue, task
-ORDER BY queue, task
-
--- name: stats_duration_percentiles
--- Run-time percentiles (p50, p95, p99, seconds) per queue and task of jobs that succeeded in the last `window` seconds.
--- attempted_at is the start of the last attempt, so this is the successful attempt's duration.
-SELECT queue, task, count(*) AS jobs,
-       percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[]) WITHIN GROUP (
-           ORDER BY extract(epoch FROM finished_at - attempted_at)::float8) AS percentiles
-FROM unbroken.jobs
-WHERE state = 'succeeded'
-  AND finished_at >= now() - make_interval(secs => %(window)s::float8)
-  AND attempted_at IS NOT NULL
-GROUP BY queue, task
-ORDER BY queue, task
+-- Outcomes and total run time per queue and task over the last `window` seconds (the per-minute counters), with run-time percentiles (p50, p95, p99, seconds) of the jobs that succeeded in it.
+-- attempted_at is the start of the last attempt, so a percentile is of the successful attempt's duration.
+WITH counted AS (
+    SELECT queue, task,
+           sum(succeeded)::bigint AS succeeded,
+           sum(failed)::bigint AS failed,
+           sum(dead)::bigint AS dead,
+           sum(runtime_ms)::bigint AS runtime_ms
+    FROM unbroken.stats_minutely
+    WHERE minute >= date_trunc('minute', now() - make_interval(secs => %(window)s::float8))
+    GROUP BY queue, task
+),
+durations AS (
+    SELECT queue, task,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[]) WITHIN GROUP (
+               ORDER BY extract(epoch FROM finished_at - attempted_at)::float8) AS percentiles
+    FROM unbroken.jobs
+    WHERE state = 'succeeded'
+      AND finished_at >= now() - make_interval(secs => %(window)s::float8)
+      AND attempted_at IS NOT NULL
+    GROUP BY queue, task
+)
+SELECT c.queue, c.task, c.succeeded, c.failed, c.dead, c.runtime_ms, d.percentiles
+FROM counted AS c
+LEFT JOIN durations AS d ON d.queue = c.queue AND d.task = c.task
+ORDER BY c.queue, c.task
 
 -- name: stats_series
 -- Outcomes per time bucket of `bucket` seconds over the last `window` seconds, gaps filled with zeros, oldest first (charts).
@@ -237,10 +240,11 @@ ORDER BY j.attempted_at
 LIMIT %(limit)s
 
 -- name: job_list_progress
--- Running jobs that report progress or have run longer than `longer_than` seconds, longest-running first (the long-jobs view).
+-- Running jobs that report progress or have run longer than `longer_than` seconds, longest-running first (the long-jobs view), with the database's clock to age their checkpoints by.
 SELECT id, queue, task, attempt, max_attempts, worker_id, attempted_at, lease_expires_at,
        progress, checkpoint IS NOT NULL AS has_checkpoint, rescues,
-       extract(epoch FROM now() - attempted_at)::float8 AS running_s
+       extract(epoch FROM now() - attempted_at)::float8 AS running_s,
+       now() AS now
 FROM unbroken.jobs
 WHERE state = 'running'
   AND (progress IS NOT NULL
@@ -249,11 +253,12 @@ ORDER BY attempted_at
 LIMIT %(limit)s
 
 -- name: worker_list
--- Registered workers with their last heartbeat's age and the jobs they run now.
+-- Registered workers with their last heartbeat's age, whether it is older than `silent_after` seconds, and the jobs they run now.
 SELECT w.id, w.host, w.pid, w.queues, w.concurrency, w.running, w.started_at, w.heartbeat_at,
        extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_s,
        coalesce(array_agg(j.id ORDER BY j.id) FILTER (WHERE j.id IS NOT NULL), '{}')
-           AS job_ids
+           AS job_ids,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 > %(silent_after)s::float8 AS silent
 FROM unbroken.workers AS w
 LEFT JOIN unbroken.jobs AS j ON j.worker_id = w.id AND j.state = 'running'
 GROUP BY w.id

@@ -34,11 +34,13 @@ from typing import Literal
 
 import psycopg
 
-from unbroken.admin import HealthInputs, OperatorStore, format_age
 from unbroken.db.conninfo import redact
 from unbroken.db.stats import PoolStats
 from unbroken.errors import StatementDeadline
 from unbroken.migrations import available
+from unbroken.ops.format import format_age
+from unbroken.ops.rows import HealthInputs
+from unbroken.ops.store import OperatorStore
 
 Level = Literal["ok", "warn", "critical"]
 Status = Literal["healthy", "degraded", "unhealthy"]

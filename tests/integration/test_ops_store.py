@@ -7,13 +7,18 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from ops_seed import HOSTILE, Seeded, seed
-from unbroken import health, migrations
-from unbroken.admin import JobFilter, OperatorStore, ProgressView, parse_duration
+from unbroken import migrations
 from unbroken.db._sync.pool import Database
 from unbroken.errors import ConfigError
+from unbroken.ops import health
+from unbroken.ops.filters import JobFilter, parse_duration
+from unbroken.ops.rows import ProgressView
+from unbroken.ops.store import OperatorStore, statement
 from unbroken.settings import load_settings
+from unbroken.sql import HERE, queries
 
 
 @pytest.fixture
@@ -67,6 +72,23 @@ def test_pages_by_id(store: OperatorStore) -> None:
     second = store.job_list(JobFilter(), limit=5, before_id=first[-1].id)
     assert len(first) == len(second) == 5
     assert max(ids(second)) < min(ids(first))
+
+
+def test_shared_conditions_are_written_once_and_composed_in() -> None:
+    admin_sql = (HERE / "admin.sql").read_text()
+    for fragment, users in {
+        "job_filter": ("job_list", "job_count_matching", "job_ids_matching"),
+        "dead_letter_filter": ("dead_letter_ids", "dead_letter_count"),
+    }.items():
+        condition = queries("unbroken")[fragment].decode()
+        assert admin_sql.count(condition.splitlines()[0]) == 1, fragment
+        for name in users:
+            composed = statement("unbroken", name)
+            assert isinstance(composed, sql.Composed), name
+            text = composed.as_string()
+            assert condition in text, name
+            assert "{" not in text, name
+    assert statement("unbroken", "worker_list") == queries("unbroken")["worker_list"]
 
 
 def test_bad_filters_are_config_errors() -> None:

@@ -1,0 +1,129 @@
+"""What an operator narrows jobs by, from loose input ('dead,cancelled', '2h', '{"user": 5}').
+
+`JobFilter.params()` fills the optional parameters of the `job_filter` condition in
+sql/admin.sql, where every field is `(%(x)s IS NULL OR ...)`: one fixed statement serves
+every combination and nothing is built from the operator's text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from unbroken.errors import ConfigError
+from unbroken.ops.format import format_age
+from unbroken.states import JobState
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '5m', '1h30m', '2d' -> seconds; anything else is a ConfigError."""
+    compact = text.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    while pos < len(compact):
+        match = _DURATION.match(compact, pos)
+        if not match:
+            break
+        unit = match[2].lower() if match[2] else None
+        total += float(match[1]) * _UNIT[unit]
+        pos = match.end()
+    if not compact or pos != len(compact):
+        raise ConfigError(f"{text!r} is not a duration (examples: 30s, 5m, 1h30m, 2d)")
+    return total
+
+
+def job_states(names: Iterable[str]) -> tuple[JobState, ...]:
+    """State names as JobStates; an unknown one is a ConfigError that lists the known."""
+    found = []
+    for name in names:
+        try:
+            found.append(JobState(name))
+        except ValueError:
+            known = ", ".join(JobState)
+            raise ConfigError(f"unknown job state {name!r} (one of: {known})") from None
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What an operator narrows jobs by; every field optional. `args` is JSON or plain text."""
+
+    states: tuple[JobState, ...] | None = None
+    queue: str | None = None
+    task: str | None = None
+    older_than: float | None = None  # seconds since the job was created
+    args: str | None = None  # a JSON object matches by containment, other text by substring
+
+    def __post_init__(self) -> None:
+        if self.states is not None:
+            object.__setattr__(self, "states", job_states(self.states))
+
+    @classmethod
+    def build(
+        cls,
+        state: str | Sequence[str] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        older_than: str | float | None = None,
+        args: str | None = None,
+    ) -> JobFilter:
+        """From loose operator input: 'dead,cancelled', '2h', empty strings meaning 'any'."""
+        if isinstance(state, str):
+            state = [s.strip() for s in state.split(",") if s.strip()]
+        age = parse_duration(older_than) if isinstance(older_than, str) and older_than else None
+        if isinstance(older_than, int | float):
+            age = float(older_than)
+        return cls(
+            states=job_states(state) if state else None,
+            queue=queue or None,
+            task=task or None,
+            older_than=age,
+            args=args.strip() if args and args.strip() else None,
+        )
+
+    def restricted_to(self, allowed: Sequence[JobState]) -> JobFilter:
+        """The same filter limited to `allowed` states (what an action can apply to)."""
+        # () matches nothing: none of the asked states is one the action applies to.
+        states = tuple(s for s in (allowed if self.states is None else self.states) if s in allowed)
+        return JobFilter(states, self.queue, self.task, self.older_than, self.args)
+
+    def params(self) -> dict[str, Any]:
+        """The `job_filter` condition's parameters (sql/admin.sql)."""
+        args_json: str | None = None
+        args_text: str | None = None
+        if self.args is not None:
+            try:
+                parsed = json.loads(self.args)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                args_json = json.dumps(parsed)
+            else:
+                args_text = self.args
+        return {
+            "states": None if self.states is None else [str(s) for s in self.states],
+            "queue": self.queue,
+            "task": self.task,
+            "older_than": self.older_than,
+            "args_json": args_json,
+            "args_text": args_text,
+        }
+
+    def describe(self) -> str:
+        parts = []
+        if self.states is not None:
+            parts.append(f"state={','.join(self.states) or '(none)'}")
+        if self.queue:
+            parts.append(f"queue={self.queue}")
+        if self.task:
+            parts.append(f"task={self.task}")
+        if self.older_than is not None:
+            parts.append(f"older than {format_age(self.older_than)}")
+        if self.args:
+            parts.append(f"args~{self.args}")
+        return " ".join(parts) or "all jobs"

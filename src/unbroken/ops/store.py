@@ -1,0 +1,306 @@
+"""The operator store: what `unbroken jobs|dlq|queues|stats|...` and the dashboard read and do.
+
+One small sync class over the named queries in `sql/admin.sql` (and the guarded writes in
+`sql/jobs.sql`), so the CLI and the dashboard cannot disagree about what "stuck" or "a
+dead-letter group" means. It takes either one connection (tests, scripts) or a pool from
+`Database(...).pool(role)`, from which it borrows a connection per call. Every query's rows
+come back typed (unbroken.ops.rows), and every json/jsonb value is decoded by
+`lenient_loads` on the store's own cursors (unbroken.ops.format).
+
+Bulk actions walk the matching ids in ascending batches (keyset, not OFFSET) and apply the
+guarded writes of jobs.sql to each batch: a job that changed state meanwhile is skipped by
+the write itself, and a million-row action never holds one long transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from functools import cache, partial
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import Connection, Cursor, sql
+from psycopg.rows import RowFactory, class_row, kwargs_row, scalar_row
+from psycopg.types.json import set_json_loads
+
+from unbroken.db._sync.pool import RolePool
+from unbroken.ops.filters import JobFilter
+from unbroken.ops.format import lenient_loads
+from unbroken.ops.rows import (
+    BulkResult,
+    ConnectionGroup,
+    DeadGroup,
+    HealthInputs,
+    JobDetail,
+    JobStateChange,
+    JobSummary,
+    LongJob,
+    QueueInfo,
+    SeriesPoint,
+    StateCount,
+    StuckJob,
+    TaskStats,
+    WorkerInfo,
+)
+from unbroken.sql import queries
+from unbroken.states import FINAL, JobState
+
+R = TypeVar("R")
+
+# What the guarded writes of jobs.sql accept, in the order a confirmation lists them.
+RETRYABLE_STATES = (JobState.DEAD, JobState.CANCELLED)  # job_retry_many
+CANCELLABLE_STATES = (  # job_cancel_many: the ACTIVE states
+    JobState.SCHEDULED,
+    JobState.AVAILABLE,
+    JobState.RETRYABLE,
+    JobState.RUNNING,
+)
+BATCH = 500  # ids per bulk write: one short statement each, progress visible between them
+# Conditions in admin.sql that other queries name as `{fragment}`.
+FRAGMENTS = ("job_filter", "dead_letter_filter")
+
+Progress = Callable[[int], None]  # called with how many jobs a batch just covered
+
+
+@cache
+def statement(schema: str, name: str) -> bytes | sql.Composed:
+    """The named query, with any shared condition it names composed in (psycopg.sql)."""
+    named = queries(schema)
+    text = named[name]
+    used = {f: sql.SQL(named[f].decode()) for f in FRAGMENTS if b"{" + f.encode() + b"}" in text}
+    return sql.SQL(text.decode()).format(**used) if used else text
+
+
+class OperatorStore:
+    """Operator reads and actions over one connection or one pool."""
+
+    def __init__(self, source: Connection[Any] | RolePool, schema: str = "unbroken") -> None:
+        self._source = source
+        self._schema = schema
+
+    @contextmanager
+    def _conn(self) -> Iterator[Connection[Any]]:
+        if isinstance(self._source, RolePool):
+            with self._source.connection() as conn:
+                yield conn
+        else:
+            yield self._source
+
+    @staticmethod
+    def _cursor(conn: Connection[Any], row: RowFactory[R]) -> Cursor[R]:
+        """A cursor building `row`s, whose JSON values are decoded by `lenient_loads` (the
+        connection's own adapters are left alone: it may be the caller's)."""
+        cur = conn.cursor(row_factory=row)
+        set_json_loads(lenient_loads, cur)
+        return cur
+
+    def _rows(self, name: str, row: RowFactory[R], params: dict[str, Any] | None = None) -> list[R]:
+        with self._conn() as conn, self._cursor(conn, row) as cur:
+            cur.execute(statement(self._schema, name), params or {})
+            return cur.fetchall()
+
+    def _one(self, name: str, row: RowFactory[R], params: dict[str, Any] | None = None) -> R:
+        rows = self._rows(name, row, params)
+        if not rows:
+            raise LookupError(f"query {name} returned no row")
+        return rows[0]
+
+    @staticmethod
+    def _clock(conn: Connection[Any]) -> datetime:
+        """The database's clock, so the ages shown agree with the rows' timestamps."""
+        with conn.cursor(row_factory=scalar_row) as cur:
+            now = cur.execute(b"SELECT now()").fetchone()
+        return now if isinstance(now, datetime) else datetime.now().astimezone()
+
+    def _ids(self, name: str, params: dict[str, Any]) -> list[int]:
+        return self._rows(name, scalar_row, params)
+
+    # --- jobs ---------------------------------------------------------------------------
+    def job_list(
+        self, flt: JobFilter, *, limit: int = 50, before_id: int | None = None
+    ) -> list[JobSummary]:
+        params = {**flt.params(), "limit": limit, "before_id": before_id}
+        return self._rows("job_list", class_row(JobSummary), params)
+
+    def job_count(self, flt: JobFilter) -> int:
+        count: int = self._one("job_count_matching", scalar_row, flt.params())
+        return count
+
+    def job_get(self, job_id: int) -> JobDetail | None:
+        with self._conn() as conn:
+            build = kwargs_row(partial(JobDetail.from_row, now=self._clock(conn)))
+            with self._cursor(conn, build) as cur:
+                cur.execute(statement(self._schema, "job_get"), {"id": job_id})
+                return cur.fetchone()
+
+    def job_retry(self, ids: Sequence[int]) -> list[int]:
+        """Put dead or cancelled jobs back in line; returns the ids that were."""
+        return self._ids("job_retry_many", {"ids": list(ids)})
+
+    def job_cancel(self, ids: Sequence[int]) -> list[JobStateChange]:
+        """Cancel waiting jobs, ask running ones to stop; returns each one's state after."""
+        return self._rows("job_cancel_many", class_row(JobStateChange), {"ids": list(ids)})
+
+    def job_delete(self, ids: Sequence[int], states: Sequence[str] = tuple(FINAL)) -> list[int]:
+        return self._ids("job_delete_many", {"ids": list(ids), "states": list(states)})
+
+    def job_retry_matching(self, flt: JobFilter, progress: Progress | None = None) -> BulkResult:
+        """Retry every dead or cancelled job the filter matches, in batches."""
+        scoped = flt.restricted_to(RETRYABLE_STATES)
+        return self._walk("job_ids_matching", scoped.params(), self.job_retry, progress)
+
+    def job_cancel_matching(self, flt: JobFilter, progress: Progress | None = None) -> BulkResult:
+        """Cancel every waiting or running job the filter matches, in batches."""
+        scoped = flt.restricted_to(CANCELLABLE_STATES)
+        return self._walk("job_ids_matching", scoped.params(), self._cancel_ids, progress)
+
+    def _cancel_ids(self, ids: Sequence[int]) -> list[int]:
+        return [change.id for change in self.job_cancel(ids)]
+
+    def _walk(
+        self,
+        ids_query: str,
+        params: dict[str, Any],
+        action: Callable[[list[int]], list[int]],
+        progress: Progress | None,
+    ) -> BulkResult:
+        after, matched, changed = 0, 0, []
+        while True:
+            ids = self._ids(ids_query, {**params, "after_id": after, "limit": BATCH})
+            if not ids:
+                break
+            done = action(ids)
+            matched += len(ids)
+            changed.extend(done)
+            after = ids[-1]
+            if progress is not None:
+                progress(len(ids))
+        return BulkResult(matched, len(changed), changed[:1000])
+
+    # --- queues -------------------------------------------------------------------------
+    def state_counts(self) -> list[StateCount]:
+        return self._rows("job_count_by_state", class_row(StateCount))
+
+    def state_totals(self) -> dict[JobState, int]:
+        """Jobs per state over every queue; a state without jobs is left out."""
+        totals: dict[JobState, int] = {}
+        for count in self.state_counts():
+            totals[count.state] = totals.get(count.state, 0) + count.jobs
+        return totals
+
+    def queue_list(self) -> list[QueueInfo]:
+        return self._rows("queue_list", kwargs_row(QueueInfo.from_row))
+
+    def queue_set_paused(self, name: str, paused: bool) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                statement(self._schema, "queue_set_paused"), {"name": name, "paused": paused}
+            )
+
+    # --- dead letters -------------------------------------------------------------------
+    def dead_letter_groups(
+        self, *, queue: str | None = None, task: str | None = None, limit: int = 200
+    ) -> list[DeadGroup]:
+        params = {"queue": queue, "task": task, "limit": limit}
+        return self._rows("dead_letter_groups", class_row(DeadGroup), params)
+
+    def dead_letter_count(
+        self,
+        key: str | None = None,
+        *,
+        queue: str | None = None,
+        task: str | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        params = {"key": key, "queue": queue, "task": task, "older_than": older_than}
+        count: int = self._one("dead_letter_count", scalar_row, params)
+        return count
+
+    def dead_letter_retry(
+        self,
+        key: str | None = None,
+        *,
+        queue: str | None = None,
+        task: str | None = None,
+        progress: Progress | None = None,
+    ) -> BulkResult:
+        """Retry one group of dead letters (all of them when key is None)."""
+        params = {"key": key, "queue": queue, "task": task, "older_than": None}
+        return self._walk("dead_letter_ids", params, self.job_retry, progress)
+
+    def dead_letter_purge(
+        self,
+        key: str | None = None,
+        *,
+        queue: str | None = None,
+        task: str | None = None,
+        older_than: float | None = None,
+        progress: Progress | None = None,
+    ) -> BulkResult:
+        """Delete one group of dead letters (all of them when key is None) for good."""
+        params = {"key": key, "queue": queue, "task": task, "older_than": older_than}
+        return self._walk("dead_letter_ids", params, self._delete_dead, progress)
+
+    def _delete_dead(self, ids: Sequence[int]) -> list[int]:
+        return self.job_delete(ids, (JobState.DEAD,))
+
+    # --- statistics ---------------------------------------------------------------------
+    def task_stats(self, window_s: float = 3600.0) -> list[TaskStats]:
+        build = kwargs_row(partial(TaskStats.from_row, minutes=max(window_s / 60.0, 1.0)))
+        return self._rows("stats_by_task", build, {"window": window_s})
+
+    def stats_series(
+        self, window_s: float = 3600.0, bucket_s: int = 60, queue: str | None = None
+    ) -> list[SeriesPoint]:
+        params = {"window": window_s, "bucket": max(60, bucket_s), "queue": queue}
+        return self._rows("stats_series", class_row(SeriesPoint), params)
+
+    # --- runtime ------------------------------------------------------------------------
+    def stuck_jobs(self, longer_than_s: float = 3600.0, limit: int = 200) -> list[StuckJob]:
+        params = {"longer_than": longer_than_s, "limit": limit}
+        return self._rows("job_list_stuck", class_row(StuckJob), params)
+
+    def long_jobs(self, longer_than_s: float = 60.0, limit: int = 100) -> list[LongJob]:
+        params = {"longer_than": longer_than_s, "limit": limit}
+        return self._rows("job_list_progress", kwargs_row(LongJob.from_row), params)
+
+    def worker_list(self, silent_after_s: float = 60.0) -> list[WorkerInfo]:
+        params = {"silent_after": silent_after_s}
+        return self._rows("worker_list", class_row(WorkerInfo), params)
+
+    def connection_list(self) -> list[ConnectionGroup]:
+        return self._rows("connection_list", class_row(ConnectionGroup))
+
+    def schema_version(self) -> int | None:
+        """The newest applied migration, or None when the schema is not there at all."""
+        try:
+            version: int | None = self._one("schema_version", scalar_row)
+        except psycopg.errors.UndefinedTable:
+            return None
+        return version
+
+    def health_inputs(
+        self,
+        *,
+        window_s: float = 900.0,
+        lease_grace_s: float = 60.0,
+        long_running_s: float = 3600.0,
+        silent_after_s: float = 60.0,
+    ) -> HealthInputs:
+        params = {
+            "window": window_s,
+            "lease_grace": lease_grace_s,
+            "long_running": long_running_s,
+            "silent_after": silent_after_s,
+        }
+        return self._one("health_inputs", class_row(HealthInputs), params)
+
+
+__all__ = [
+    "CANCELLABLE_STATES",
+    "RETRYABLE_STATES",
+    "OperatorStore",
+    "statement",
+]
