@@ -11,13 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -25,6 +21,7 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
 from apps.harness import FAST_SETTINGS, Probe, running_worker, wait_until
+from cli_support import cli
 from unbroken import App, EnqueueError
 from unbroken.enqueue import MAX_ARGS_DEPTH
 from unbroken.ops.format import Undecodable
@@ -37,7 +34,6 @@ with warnings.catch_warnings():
 from unbroken.dashboard import create_app
 
 T = TypeVar("T")
-UNBROKEN = str(Path(sys.executable).parent / "unbroken")
 # Deeper than any Python JSON decoder goes (its recursion limit is 1,000), as another
 # client's SQL can write it: PostgreSQL's jsonb takes it.
 TOO_DEEP = 2000
@@ -250,20 +246,6 @@ def poisoned(app: App, probe: Probe) -> dict[str, int]:
         ),
         "array": insert_raw(probe, "anything", "[1, 2]"),
     }
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
-    env.update(UNBROKEN_DATABASE_URL=url, COLUMNS="200", UNBROKEN_STARTUP_WAIT="2")
-    return subprocess.run(
-        [UNBROKEN, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_the_cli_shows_an_undecodable_row(database_url: str, poisoned: dict[str, int]) -> None:

@@ -1,0 +1,20 @@
+"""`unbroken dlq` as a user runs it: groups listed, one retried by key, the rest purged."""
+
+from __future__ import annotations
+
+from cli_support import cli, cli_json
+from ops_seed import Seeded, state_of
+
+
+def test_dead_letters(database_url: str, seeded: Seeded) -> None:
+    listed = cli_json(database_url, "dlq", "ls")
+    assert listed["jobs"] == 4
+    http = next(g for g in listed["groups"] if g["error_type"] == "HTTPError")
+    assert http["jobs"] == 3
+    assert cli(database_url, "dlq", "retry").returncode == 2  # which group? say it
+    retried = cli_json(database_url, "dlq", "retry", http["key"], "--yes")
+    assert retried["changed"] == 3
+    purged = cli_json(database_url, "dlq", "purge", "--all", "--yes")
+    assert purged["ids"] == [seeded.dead_hostile]
+    assert state_of(database_url, seeded.dead_hostile) is None
+    assert cli_json(database_url, "dlq", "ls") == {"groups": [], "jobs": 0}

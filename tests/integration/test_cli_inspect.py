@@ -1,0 +1,55 @@
+"""`unbroken stats|stuck|workers|health` as a user runs them, and health's exit codes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psycopg
+import pytest
+
+from cli_support import cli, cli_json
+from ops_seed import Seeded
+
+
+def test_stats_stuck_workers(database_url: str, seeded: Seeded) -> None:
+    stats = cli_json(database_url, "stats", "--window", "30m")
+    assert stats["window_s"] == 1800
+    tasks = {t["task"]: t for t in stats["tasks"]}
+    assert tasks["emails.send"]["failure_rate"] > 0
+    assert tasks["emails.send"]["p50_s"] == pytest.approx(3.5)
+    stuck = cli_json(database_url, "stuck")
+    assert [j["id"] for j in stuck["jobs"]] == [seeded.stuck]
+    assert stuck["jobs"][0]["reason"] == "lease_expired"
+    workers = {w["id"]: w for w in cli_json(database_url, "workers")["workers"]}
+    assert workers["host-b:2:w2"]["silent"] is True
+    assert workers["host-a:1:w1"]["job_ids"] == [seeded.running]
+
+
+def test_health_exit_codes(database_url: str, seeded: Seeded) -> None:
+    degraded = cli(database_url, "health", "--json")
+    assert degraded.returncode == 0  # degraded still passes
+    report = json.loads(degraded.stdout)
+    assert report["status"] == "degraded"
+    assert {r["check"] for r in report["reasons"] if r["level"] == "warn"} >= {"stuck", "workers"}
+    assert cli(database_url, "health", "--ready").returncode == 0
+    assert cli(database_url, "health", "--live").returncode == 0
+    # Every worker silent: critical, so not ready (still live: the database answers).
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE unbroken.workers SET heartbeat_at = now() - interval '1 hour'")
+    assert cli(database_url, "health").returncode == 1
+    assert cli(database_url, "health", "--ready").returncode == 1
+    assert cli(database_url, "health", "--live").returncode == 0
+
+
+def test_health_probes_without_a_database_fail_fast(database_url: str) -> None:
+    missing_schema = cli(database_url, "health", "--ready")
+    assert missing_schema.returncode == 1
+    assert "unbroken db migrate" in missing_schema.stderr
+    assert cli(database_url, "health", "--live").returncode == 0
+    nowhere = "postgresql://nobody@127.0.0.1:1/none"
+    started = time.monotonic()
+    down = cli(nowhere, "health", "--live", "--json", "--timeout", "2")
+    assert down.returncode == 1
+    assert json.loads(down.stdout)["live"] is False
+    assert time.monotonic() - started < 15
