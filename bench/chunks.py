@@ -4,7 +4,7 @@ The same rows (generated in memory beforehand, so neither side pays for a source
 the same unindexed table on the same server, either
 
 - raw: one COPY of every row in one transaction, nothing else; or
-- chunked: `run_chunks_sync` / `run_chunks` with `chunk.copy(...)`, so every chunk also
+- chunked: `run_chunks` / `arun_chunks` with `chunk.copy(...)`, so every chunk also
   runs the lease-fenced UPDATE that saves checkpoint and progress, and commits on its own
   (each commit waits for its WAL flush when the server runs with synchronous_commit on).
 
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from bench.common import Repeated, fmt, progress, say, table, verdict
-from unbroken.chunks import AsyncChunk, Chunk, run_chunks, run_chunks_sync
+from unbroken import AsyncChunk, Chunk, arun_chunks, run_chunks
 from unbroken.context import JobContext, reset_current_job, set_current_job
 from unbroken.db._async.pool import AsyncDatabase
 from unbroken.db._sync.pool import Database
@@ -128,7 +128,7 @@ def chunked_sync(
 
     try:
         started = time.perf_counter()
-        done = run_chunks_sync(rows, write, chunk_size=size, flush_each_chunk=flush)
+        done = run_chunks(rows, write, chunk_size=size, flush_each_chunk=flush)
         elapsed = time.perf_counter() - started
     finally:
         reset_current_job(token)
@@ -147,7 +147,7 @@ async def chunked_async(
 
     try:
         started = time.perf_counter()
-        done = await run_chunks(rows, write, chunk_size=size, flush_each_chunk=flush)
+        done = await arun_chunks(rows, write, chunk_size=size, flush_each_chunk=flush)
         elapsed = time.perf_counter() - started
     finally:
         reset_current_job(token)

@@ -7,7 +7,7 @@ import random
 from collections.abc import AsyncIterator
 
 import unbroken
-from unbroken.chunks import AsyncChunk, Page, run_chunks
+from unbroken import AsyncChunk, Page, arun_chunks
 
 app = unbroken.App()
 ITEMS_PER_SYNC = 20_000
@@ -51,7 +51,7 @@ async def etl(project: int) -> int:
         ids = chunk.items
         await chunk.conn.execute(UPSERT, [project, ids, [f"record {i}" for i in ids]])
 
-    progress = await run_chunks(pages, write)
+    progress = await arun_chunks(pages, write)
     return progress.processed
 
 

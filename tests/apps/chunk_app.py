@@ -24,9 +24,16 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import unbroken
-from unbroken import current_job, telemetry
-from unbroken.chunks import AsyncChunk, Chunk, Page, run_chunks, run_chunks_sync
-from unbroken.chunks.progress import Progress
+from unbroken import (
+    AsyncChunk,
+    Chunk,
+    Page,
+    Progress,
+    arun_chunks,
+    current_job,
+    run_chunks,
+    telemetry,
+)
 
 app = unbroken.App()
 logger = logging.getLogger("chunk_app")
@@ -194,7 +201,7 @@ async def chunked_copy(
         if write_delay:
             await asyncio.sleep(write_delay)
 
-    progress = await run_chunks(source.pages, write, chunk_size=chunk_size)
+    progress = await arun_chunks(source.pages, write, chunk_size=chunk_size)
     if linger_seconds and _lingers(progress):
         await asyncio.sleep(linger_seconds)
     return _result(source, progress)
@@ -212,7 +219,7 @@ def chunked_copy_sync(
     end_cursor_none: bool = False,
     linger_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """`chunked_copy` as a sync task (run_chunks_sync, in the worker's threads)."""
+    """`chunked_copy` as a sync task (run_chunks, in the worker's threads)."""
     _observe()
     job = current_job()
     stall = stall_at if job.attempt == 1 else None
@@ -223,7 +230,7 @@ def chunked_copy_sync(
         if write_delay:
             time.sleep(write_delay)
 
-    progress = run_chunks_sync(source.pages_sync, write, chunk_size=chunk_size)
+    progress = run_chunks(source.pages_sync, write, chunk_size=chunk_size)
     if linger_seconds and _lingers(progress):
         time.sleep(linger_seconds)
     return _result(source, progress)

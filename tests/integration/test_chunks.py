@@ -11,8 +11,7 @@ import pytest
 
 from chunks_support import arun, async_env
 from pg import Faults
-from unbroken.chunks import AsyncChunk, BadRecords, BadRecordsExceeded, Page, run_chunks
-from unbroken.chunks.progress import read_progress
+from unbroken import AsyncChunk, BadRecords, BadRecordsExceeded, Page, arun_chunks, read_progress
 from unbroken.context import current_job
 from unbroken.errors import JobCancelled, LeaseLost
 
@@ -38,7 +37,7 @@ async def test_each_chunk_commits_its_rows_with_checkpoint_and_progress(database
             seen.append((chunk.number, chunk.position, chunk.checkpoint))
             await copy_ids(chunk)
 
-        done = await run_chunks(list(range(250)), write, chunk_size=100)
+        done = await arun_chunks(list(range(250)), write, chunk_size=100)
 
     assert seen == [(1, 0, 100), (2, 100, 200), (3, 200, 250)]
     assert env.ids() == list(range(250))
@@ -65,7 +64,7 @@ async def test_a_failing_chunk_leaves_neither_its_rows_nor_its_checkpoint(
                 raise Boom("chunk 3 fails after writing")
 
         with pytest.raises(Boom):
-            await run_chunks(list(range(500)), write, chunk_size=100)
+            await arun_chunks(list(range(500)), write, chunk_size=100)
 
     assert env.ids() == list(range(200))
     job = env.job()
@@ -89,7 +88,7 @@ async def test_resume_after_a_failed_attempt_writes_nothing_twice(database_url: 
             await copy_ids(chunk)
 
         with pytest.raises(Boom):
-            await run_chunks(iter(range(1000)), flaky, chunk_size=100)
+            await arun_chunks(iter(range(1000)), flaky, chunk_size=100)
         assert env.ids() == list(range(300))
 
         env.new_attempt()
@@ -100,7 +99,7 @@ async def test_resume_after_a_failed_attempt_writes_nothing_twice(database_url: 
             firsts.append(chunk.items[0])
             await copy_ids(chunk)
 
-        done = await run_chunks(iter(range(1000)), write, chunk_size=100)
+        done = await arun_chunks(iter(range(1000)), write, chunk_size=100)
 
     assert firsts == list(range(300, 1000, 100))
     assert env.ids() == list(range(1000))  # every item once: no gap, no duplicate
@@ -130,10 +129,10 @@ async def test_a_seekable_source_is_given_the_checkpoint(database_url: str) -> N
             await chunk.copy("sink", ["id", "note"], [(i["id"], i["name"]) for i in chunk.items])
 
         with pytest.raises(Boom):
-            await run_chunks(source, write, chunk_size=15, cursor=lambda item: item["id"])
+            await arun_chunks(source, write, chunk_size=15, cursor=lambda item: item["id"])
         env.new_attempt()
         env.enter()
-        await run_chunks(source, write, chunk_size=15, cursor=lambda item: item["id"])
+        await arun_chunks(source, write, chunk_size=15, cursor=lambda item: item["id"])
 
     assert asked == [None, 30]  # the second attempt started after item 30, no skipping
     assert env.ids() == list(range(1, 101))
@@ -159,13 +158,13 @@ async def test_pages_resume_inside_a_page(database_url: str) -> None:
             await copy_ids(chunk)
 
         with pytest.raises(Boom):
-            await run_chunks(pages, write, chunk_size=20)
+            await arun_chunks(pages, write, chunk_size=20)
         job = env.job()  # chunk 2 ended 10 items into the second page
         assert (job["checkpoint"], job["progress"]["page_skip"]) == (30, 10)
 
         env.new_attempt()
         env.enter()
-        done = await run_chunks(pages, write, chunk_size=20)
+        done = await arun_chunks(pages, write, chunk_size=20)
 
     assert asked == [None, 30]
     assert env.ids() == list(range(120))
@@ -184,7 +183,7 @@ async def test_a_stale_worker_commits_nothing_and_gets_lease_lost(database_url: 
             await copy_ids(chunk)
 
         with pytest.raises(LeaseLost, match="moved on"):
-            await run_chunks(list(range(500)), write, chunk_size=100)
+            await arun_chunks(list(range(500)), write, chunk_size=100)
 
     assert env.ids() == list(range(200))  # chunk 3's rows rolled back with its checkpoint
     job = env.job()
@@ -207,11 +206,11 @@ async def test_an_expired_lease_stops_the_run_before_the_next_commit(database_ur
             await copy_ids(chunk)
 
         with pytest.raises(LeaseLost, match="expired"):
-            await run_chunks(list(range(300)), write, chunk_size=100)
+            await arun_chunks(list(range(300)), write, chunk_size=100)
         assert env.ids() == list(range(100))
 
         with pytest.raises(LeaseLost, match="does not hold"):  # nor may a new run start
-            await run_chunks(list(range(300)), write, chunk_size=100)
+            await arun_chunks(list(range(300)), write, chunk_size=100)
 
 
 @arun
@@ -224,7 +223,7 @@ async def test_cancel_stops_between_chunks(database_url: str) -> None:
                 current_job().cancel_requested = True  # as the heartbeat would set it
 
         with pytest.raises(JobCancelled):
-            await run_chunks(list(range(500)), write, chunk_size=100)
+            await arun_chunks(list(range(500)), write, chunk_size=100)
     assert env.ids() == list(range(200))  # chunk 2 finished and committed
 
 
@@ -241,7 +240,7 @@ async def test_chunk_size_set_at_run_time_applies_from_the_next_chunk(database_u
                 env.sql("UPDATE unbroken.jobs SET chunk_size = 7 WHERE id = %s", [env.job_id])
             await copy_ids(chunk)
 
-        await run_chunks(list(range(100)), write, chunk_size=10)
+        await arun_chunks(list(range(100)), write, chunk_size=10)
 
     assert sizes == [10, 25, 25, 7, 7, 7, 7, 7, 5]
     assert env.ids() == list(range(100))
@@ -265,7 +264,7 @@ async def test_no_connection_is_held_while_the_source_is_read(
                     observed.append((pool.stats().in_use, busy))
                 yield i
 
-        await run_chunks(slow_api(), copy_ids, chunk_size=10)
+        await arun_chunks(slow_api(), copy_ids, chunk_size=10)
 
     assert len(observed) == 6
     assert observed == [(0, [])] * 6  # no connection checked out, no transaction open
@@ -278,7 +277,7 @@ async def test_a_sync_source_in_an_async_task(database_url: str) -> None:
         yield from range(42)  # a blocking iterator: read in a thread, one chunk at a time
 
     async with async_env(database_url) as env:
-        done = await run_chunks(generate(), copy_ids, chunk_size=10, total=42)
+        done = await arun_chunks(generate(), copy_ids, chunk_size=10, total=42)
     assert env.ids() == list(range(42))
     assert (done.total, done.chunks) == (42, 5)
 
@@ -292,7 +291,7 @@ async def test_bad_records_are_skipped_counted_and_sampled(database_url: str) ->
         return value
 
     async with async_env(database_url) as env:
-        done = await run_chunks(
+        done = await arun_chunks(
             [str(i) for i in range(1, 101)],
             copy_ids,
             validate=parse,
@@ -323,7 +322,7 @@ async def test_too_many_bad_records_fail_the_job_clearly(database_url: str) -> N
 
     async with async_env(database_url) as env:
         with pytest.raises(BadRecordsExceeded, match=r"8 of 60 items failed validation") as err:
-            await run_chunks(
+            await arun_chunks(
                 list(range(1, 101)),
                 copy_ids,
                 validate=parse,
@@ -337,7 +336,7 @@ async def test_too_many_bad_records_fail_the_job_clearly(database_url: str) -> N
         env.new_attempt()
         env.enter()
         with pytest.raises(BadRecordsExceeded, match=r"more than BadRecords\(max_ratio=0.1\)"):
-            await run_chunks(
+            await arun_chunks(
                 list(range(1, 101)),
                 copy_ids,
                 validate=parse,
@@ -355,7 +354,7 @@ async def test_progress_is_readable_by_job_id(database_url: str) -> None:
             assert before is not None
             assert before.position == 0
             assert before.checkpoint_at is None
-            await run_chunks(list(range(30)), copy_ids, chunk_size=10)
+            await arun_chunks(list(range(30)), copy_ids, chunk_size=10)
             after = read_progress(conn, env.job_id)
             assert read_progress(conn, 999_999) is None
 
@@ -397,8 +396,10 @@ async def test_a_job_with_two_runs_resumes_the_second_and_skips_the_first(
             await copy_ids(chunk)
 
         async def task() -> None:
-            await run_chunks(issues(), write_issues, chunk_size=100, name="issues")
-            await run_chunks(range(1000, 1450), write_changelogs, chunk_size=100, name="changelogs")
+            await arun_chunks(issues(), write_issues, chunk_size=100, name="issues")
+            await arun_chunks(
+                range(1000, 1450), write_changelogs, chunk_size=100, name="changelogs"
+            )
 
         with pytest.raises(Boom):
             await task()

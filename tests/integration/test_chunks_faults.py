@@ -11,8 +11,7 @@ from psycopg.types.json import Jsonb
 
 from chunks_support import CommitCutter, arun, async_env, sync_env
 from pg import Faults, durable_commits
-from unbroken import telemetry
-from unbroken.chunks import AsyncChunk, Chunk, CommitsLost, run_chunks, run_chunks_sync
+from unbroken import AsyncChunk, Chunk, CommitsLost, arun_chunks, run_chunks, telemetry
 from unbroken.errors import UnitOfWorkFailed
 
 
@@ -46,7 +45,7 @@ async def test_server_restart_mid_chunk_retries_the_chunk_without_failing_the_jo
             if chunk.number == 3 and tries[3] == 1:
                 await asyncio.to_thread(faults.restart, "fast")  # rows sent, not committed
 
-        done = await run_chunks(list(range(1000)), write, chunk_size=100)
+        done = await arun_chunks(list(range(1000)), write, chunk_size=100)
 
     assert tries[3] == 2  # the same chunk, again, on a fresh connection
     assert_exactly_once(env.ids(), 1000)
@@ -76,7 +75,7 @@ async def test_crash_restart_mid_chunk_is_survived_in_one_attempt(
                 crashed = True
                 await asyncio.to_thread(faults.restart, "immediate")
 
-        await run_chunks(
+        await arun_chunks(
             iter(range(500)), write, chunk_size=100, flush_each_chunk=True
         )  # a one-shot iterator: the run could not read it twice, and needs not
 
@@ -102,7 +101,7 @@ async def test_crash_with_chunks_not_waiting_for_their_flush_loses_nothing(
                 crashed = True
                 await asyncio.to_thread(faults.restart, "immediate")
 
-        await run_chunks(list(range(700)), write, chunk_size=100)
+        await arun_chunks(list(range(700)), write, chunk_size=100)
 
     assert crashed
     assert_exactly_once(env.ids(), 700)
@@ -131,7 +130,7 @@ async def test_commits_lost_in_a_failover_are_redone_exactly(
                 env.sql("DELETE FROM sink WHERE id >= 100")
             await chunk.copy("sink", ["id", "note"], [(i, "x") for i in chunk.items])
 
-        done = await run_chunks(list(range(550)), write, chunk_size=100)
+        done = await arun_chunks(list(range(550)), write, chunk_size=100)
 
         assert_exactly_once(env.ids(), 550)
         assert done.processed == 550
@@ -145,7 +144,7 @@ async def test_commits_lost_in_a_failover_are_redone_exactly(
         before.clear()
         rolled_back[0] = False
         with pytest.raises(CommitsLost, match="lost the last 2 chunk commit"):
-            await run_chunks(iter(range(550)), write, chunk_size=100)  # cannot be read again
+            await arun_chunks(iter(range(550)), write, chunk_size=100)  # cannot be read again
 
 
 @arun
@@ -162,7 +161,7 @@ async def test_terminated_backend_mid_chunk_is_retried(
                 killed = chunk.number
                 assert await asyncio.to_thread(faults.terminate_backends, env.app) >= 1
 
-        done = await run_chunks(list(range(600)), write, chunk_size=100)
+        done = await arun_chunks(list(range(600)), write, chunk_size=100)
 
     assert_exactly_once(env.ids(), 600)
     assert done.position == 600
@@ -184,7 +183,7 @@ def test_server_down_for_a_while_mid_chunk_sync(
                 down = True
                 faults.stop_for_in_background(2.0)  # down now, back in 2 s
 
-        done = run_chunks_sync(list(range(400)), write, chunk_size=100, retries=30)
+        done = run_chunks(list(range(400)), write, chunk_size=100, retries=30)
 
     assert_exactly_once(env.ids(), 400)
     assert done.done
@@ -205,13 +204,13 @@ def test_too_many_failures_in_a_row_fail_the_attempt_and_the_next_resumes(
                 faults.terminate_backends(env.app)  # every try of chunk 2 loses its session
 
         with pytest.raises(UnitOfWorkFailed, match="chunk 2 failed 3 times in a row") as err:
-            run_chunks_sync(list(range(300)), write, chunk_size=100, retries=3)
+            run_chunks(list(range(300)), write, chunk_size=100, retries=3)
         assert err.value.attempts == kills == 3
         assert env.ids() == list(range(100))
 
         env.new_attempt()
         env.enter()
-        run_chunks_sync(list(range(300)), write, chunk_size=100)
+        run_chunks(list(range(300)), write, chunk_size=100)
 
     assert_exactly_once(env.ids(), 300)
 
@@ -234,7 +233,7 @@ async def test_a_commit_whose_answer_was_lost_is_not_written_again(
                 if chunk.number == 2 and not cutter.cuts:
                     cutter.cut_next_commit()
 
-            done = await run_chunks(list(range(400)), write, chunk_size=100)
+            done = await arun_chunks(list(range(400)), write, chunk_size=100)
 
         assert cutter.cuts == 1
         assert len(retried(events)) == 1  # the lost answer was noticed and settled

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chunks_support import ChunkEnv, sync_env
-from unbroken.chunks import Chunk, Page, run_chunks_sync
+from unbroken import Chunk, Page, run_chunks
 
 TOTALS = ("none", "exact", "less", "more")
 
@@ -128,7 +128,7 @@ class Source:
             options["total"] = s.total(0)
             if s.seekable and s.item_cursor:
                 options["cursor"] = self.cursor
-        return run_chunks_sync(source, write, **options)
+        return run_chunks(source, write, **options)
 
 
 def check_progress(env: ChunkEnv) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from chunks_support import arun, async_env, sync_env
-from unbroken.chunks import AsyncChunk, Chunk, run_chunks, run_chunks_sync
+from unbroken import AsyncChunk, Chunk, arun_chunks, run_chunks
 
 
 class Base(DeclarativeBase):
@@ -36,7 +36,7 @@ def test_copy_sends_every_row_with_its_values(database_url: str) -> None:
             sent.append(chunk.copy("sink", ["id", "note"], chunk.items))
 
         notes = [(1, "tab\there"), (2, None), (3, "quote ' \\ and\nnewline"), (4, "é ✓")]
-        run_chunks_sync(notes, write, chunk_size=3)
+        run_chunks(notes, write, chunk_size=3)
 
     assert sent == [3, 1]
     assert [tuple(r.values()) for r in env.sql("SELECT id, note FROM sink ORDER BY id")] == notes
@@ -54,7 +54,7 @@ def test_upsert_inserts_updates_and_is_idempotent(database_url: str) -> None:
 
         # id 2 twice in one chunk: the later row wins instead of the statement failing
         items = [(2, "new", 2), (3, "new", 1), (2, "newer", 3), (4, "new", 1)]
-        run_chunks_sync(items, write, chunk_size=10)
+        run_chunks(items, write, chunk_size=10)
         first = env.sql("SELECT id, note, version FROM keyed ORDER BY id")
 
         env.new_attempt()  # the same rows again (a re-run): nothing changes
@@ -63,7 +63,7 @@ def test_upsert_inserts_updates_and_is_idempotent(database_url: str) -> None:
             [env.job_id],
         )
         env.enter()
-        run_chunks_sync(items, write, chunk_size=10)
+        run_chunks(items, write, chunk_size=10)
         second = env.sql("SELECT id, note, version FROM keyed ORDER BY id")
 
     assert first == [
@@ -85,7 +85,7 @@ async def test_upsert_can_leave_existing_rows_alone(database_url: str) -> None:
             await chunk.upsert("keyed", ["id", "note"], chunk.items, key=["id"], update=[])
             await chunk.upsert("public.keyed", ["id", "note"], [(9, "second upsert")], key=["id"])
 
-        await run_chunks([(1, "ignored"), (2, "added")], write)
+        await arun_chunks([(1, "ignored"), (2, "added")], write)
 
     notes = {r["id"]: r["note"] for r in env.sql("SELECT id, note FROM keyed")}
     assert notes == {1: "kept", 2: "added", 9: "second upsert"}
@@ -107,7 +107,7 @@ def test_sqlalchemy_session_commits_with_the_checkpoint(database_url: str) -> No
             kept.extend(rows)
 
         with pytest.raises(Boom):
-            run_chunks_sync(list(range(30)), write, chunk_size=10)
+            run_chunks(list(range(30)), write, chunk_size=10)
 
     assert env.ids("keyed") == list(range(10))  # chunk 2's ORM rows rolled back with it
     assert env.job()["checkpoint"] == 10
@@ -128,7 +128,7 @@ async def test_async_sqlalchemy_session(database_url: str) -> None:
                 assert got is not None
                 assert got.version == 1
 
-        done = await run_chunks(list(range(25)), write, chunk_size=10)
+        done = await arun_chunks(list(range(25)), write, chunk_size=10)
 
     assert env.ids("keyed") == list(range(25))
     assert done.chunks == 3
@@ -150,7 +150,7 @@ def test_the_sync_runner_reads_an_async_source(database_url: str) -> None:
         def write(chunk: Chunk[int]) -> None:
             chunk.copy("sink", ["id"], [(i,) for i in chunk.items])
 
-        done = run_chunks_sync(feed(), write, validate=lambda raw: int(raw["id"]), chunk_size=10)
+        done = run_chunks(feed(), write, validate=lambda raw: int(raw["id"]), chunk_size=10)
 
     assert env.ids() == list(range(35))
     assert (done.position, done.chunks, done.done) == (35, 4, True)

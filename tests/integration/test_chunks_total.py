@@ -11,8 +11,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from chunks_support import sync_env
-from unbroken import migrations
-from unbroken.chunks import Chunk, Page, run_chunks_sync
+from unbroken import Chunk, Page, migrations, run_chunks
 
 
 def write(chunk: Chunk[int]) -> None:
@@ -40,7 +39,7 @@ def test_a_row_left_at_checkpoint_none_by_the_old_runner_resumes_without_writing
             "UPDATE unbroken.jobs SET checkpoint = NULL, progress = %s WHERE id = %s",
             [Jsonb(old), env.job_id],
         )
-        done = run_chunks_sync(pages, write, chunk_size=250)
+        done = run_chunks(pages, write, chunk_size=250)
 
     assert opened == [None]
     assert env.ids() == list(range(1000))  # each once

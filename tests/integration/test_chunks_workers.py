@@ -203,7 +203,7 @@ def test_killed_after_a_last_page_without_cursor_the_retry_writes_nothing_twice(
     """Issue 11: the last page's cursor is None and a chunk ends exactly with it (1000
     items, pages of 50, chunks of 250). The worker is SIGKILLed once everything is written
     but before the job finished: while it reads past the last page (source-end), or after
-    run_chunks returned (after-run). The rescued attempt must write nothing again: None is
+    the runner returned (after-run). The rescued attempt must write nothing again: None is
     not "start from the beginning" there, and the position never exceeds the total."""
     items, page_size, chunk_size = 1000, 50, 250
     a, b = workers("a"), workers("b")

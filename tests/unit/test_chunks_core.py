@@ -7,14 +7,16 @@ retried, fenced); the SQL itself is exercised against PostgreSQL in tests/integr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 import psycopg
 import pytest
 
+from unbroken import AsyncChunk, arun_chunks, run_chunks
+from unbroken.chunks.compat import SourceReader
 from unbroken.chunks.progress import Progress
 from unbroken.chunks.state import (
     WRITE,
@@ -30,7 +32,7 @@ from unbroken.chunks.state import (
     Sleep,
     Transact,
 )
-from unbroken.context import JobContext
+from unbroken.context import JobContext, reset_current_job, set_current_job
 from unbroken.errors import JobCancelled, LeaseLost, UnbrokenError, UnitOfWorkFailed
 from unbroken.settings import load_settings
 from unbroken.sql import queries
@@ -113,9 +115,10 @@ def drive(
     fail: Callable[[Transact, int], Exception | None] = lambda t, n: None,
     on_write: Callable[[list[Any]], None] = lambda items: None,
 ) -> Driven:
-    """Perform the run's effects like chunks.run_chunks_sync, against `fake`."""
+    """Perform the run's effects like the sync runner (`run_chunks`), against `fake`: the
+    source is read by the runner's own `SourceReader`."""
     steps = run.steps()
-    it: Iterator[Any] | None = None
+    reader = SourceReader(source, run)
     chunks: list[list[Any]] = []
     sleeps: list[float] = []
     effects: list[str] = []
@@ -130,22 +133,16 @@ def drive(
         effects.append(type(effect).__name__)
         result, error = None, None
         if isinstance(effect, Read):
-            if it is None:
-                opened = source(run.seek) if run.seekable else source  # type: ignore[operator]
-                it = iter(opened)  # type: ignore[arg-type]
-            while (want := run.want()) > 0:
-                got = list(islice(it, want))
-                run.add(got)
-                if len(got) < want:
-                    run.exhausted()
+            reader.fill()
         elif isinstance(effect, Fetch):
             result = fake.answer(effect.query, effect.params)
         elif isinstance(effect, Sleep):
             sleeps.append(effect.seconds)
-        elif isinstance(effect, Rewind):  # as the runners do: reopen what can be reopened
-            if not run.seekable and iter(source) is source:  # type: ignore[arg-type]
-                error = effect.lost
-            it = None
+        elif isinstance(effect, Rewind):  # reopens what can be reopened, else raises
+            try:
+                reader.rewind(effect.lost)
+            except CommitsLost as lost:
+                error = lost
         else:
             assert isinstance(effect, Transact)
             tries += 1
@@ -678,3 +675,31 @@ def test_a_database_that_keeps_losing_commits_ends_the_run() -> None:
     with pytest.raises(CommitsLost):
         drive(ChunkRun(job(), seekable=False, chunk_size=5), range(20), fake, on_write=crash)
     assert len(fake.commits) == 4  # chunk 1, then again after each of the 3 rewinds allowed
+
+
+# --- the runners' entry: the right form in the right place ------------------------------------
+def test_run_chunks_on_a_thread_running_an_event_loop_says_to_await_arun_chunks() -> None:
+    """A sync run on the loop's thread would block every other job on the loop: it is
+    refused at once, in one line, before it touches the job or the database."""
+
+    async def task() -> None:
+        run_chunks(range(3), lambda chunk: None)
+
+    with pytest.raises(UnbrokenError, match=r"use `await arun_chunks\(\.\.\.\)`") as refused:
+        asyncio.run(task())
+    assert "\n" not in str(refused.value)
+
+
+def test_each_runner_names_the_other_in_a_task_of_the_other_kind() -> None:
+    token = set_current_job(job())  # neither pool: the task is of the other kind for both
+    try:
+        with pytest.raises(UnbrokenError, match=r"needs an async task; use run_chunks\(\)"):
+            asyncio.run(arun_chunks(range(3), _awrite))
+        with pytest.raises(UnbrokenError, match=r"needs a sync task; use `await arun_chunks"):
+            run_chunks(range(3), lambda chunk: None)
+    finally:
+        reset_current_job(token)
+
+
+async def _awrite(chunk: AsyncChunk[int]) -> None:
+    pass

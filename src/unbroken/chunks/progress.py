@@ -2,9 +2,10 @@
 
 The runner writes `jobs.progress` (JSON) in the same statement that saves the checkpoint, so
 progress costs no write of its own and can never disagree with the data: it is exactly as
-far as the last committed chunk. `read_progress(conn, job_id)` turns it back into a
-`Progress`, with the checkpoint's age measured by the database clock (the writer's and the
-reader's clocks may differ).
+far as the last committed chunk. `read_progress(conn, job_id)` (`aread_progress` on an
+async connection; `_async/progress.py`) turns it back into a `Progress`, with the
+checkpoint's age measured by the database clock (the writer's and the reader's clocks may
+differ).
 
 Keys of `jobs.progress`:
 
@@ -37,11 +38,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-import psycopg
-from psycopg.rows import tuple_row
-
-from unbroken.sql import queries
 
 
 @dataclass(frozen=True)
@@ -97,28 +93,11 @@ class Progress:
         )
 
 
-def _from_row(row: tuple[Any, ...] | None) -> Progress | None:
+def progress_from_row(row: tuple[Any, ...] | None) -> Progress | None:
+    """A `Progress` from a `job_progress_get` row (None: there is no such job)."""
     if row is None:
         return None
     job_id, state, checkpoint, progress, age = row
     return Progress.from_json(
         job_id, progress, checkpoint=checkpoint, checkpoint_age=age, state=state
     )
-
-
-def read_progress(
-    conn: psycopg.Connection[Any], job_id: int, *, schema: str = "unbroken"
-) -> Progress | None:
-    """The progress of job `job_id` (None if there is no such job)."""
-    with conn.cursor(row_factory=tuple_row) as cur:
-        cur.execute(queries(schema)["job_progress_get"], {"id": job_id})
-        return _from_row(cur.fetchone())
-
-
-async def read_progress_async(
-    conn: psycopg.AsyncConnection[Any], job_id: int, *, schema: str = "unbroken"
-) -> Progress | None:
-    """`read_progress` for an async connection."""
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(queries(schema)["job_progress_get"], {"id": job_id})
-        return _from_row(await cur.fetchone())

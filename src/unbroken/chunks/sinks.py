@@ -1,5 +1,10 @@
 """Writing a chunk: COPY, idempotent upsert, and a SQLAlchemy session, all in its transaction.
 
+This module holds what the async and sync forms share: the statements, and the stand-in
+connection SQLAlchemy is lent. The functions that run them on a connection (`acopy_rows`,
+`aupsert_rows`, `aorm_session`) are in `_async/sinks.py`, and their sync twins (`copy_rows`,
+`upsert_rows`, `orm_session`) are generated from it into `_sync/sinks.py`.
+
 Table and column names are identifiers chosen at run time, so these statements are composed
 with `psycopg.sql` (every name quoted as an identifier), not read from a `.sql` file.
 
@@ -19,17 +24,20 @@ from __future__ import annotations
 import contextvars
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import psycopg
 from psycopg import sql
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection as SAConnection
-    from sqlalchemy import Engine
-    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
-    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-    from sqlalchemy.orm import Session
+    from sqlalchemy import Connection, Engine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+    from sqlalchemy.orm import Session as Session
+
+    # Exported for _async/ and _sync/, where the generator turns `AsyncSession` into
+    # `Session` (and so on): an import from sqlalchemy.ext.asyncio would not survive that.
+    SAConnection: TypeAlias = Connection
+    SAAsyncConnection: TypeAlias = AsyncConnection
 
 Rows = Iterable[Sequence[Any]]
 _temp_names = itertools.count(1)
@@ -90,80 +98,14 @@ def upsert_statements(
     return create, copy, merge
 
 
-def _temp_name() -> str:
+def temp_name() -> str:
+    """A name for an upsert's temporary table, new in this process."""
     return f"unbroken_upsert_{next(_temp_names)}"
 
 
-# --- sync ------------------------------------------------------------------------------------
-def copy_rows(conn: psycopg.Connection[Any], table: str, columns: Sequence[str], rows: Rows) -> int:
-    """COPY `rows` into `table`; returns how many were sent."""
-    sent = 0
-    # On the runtime's connections every statement, COPY included, has the pool's deadline.
-    with conn.cursor() as cur, cur.copy(copy_statement(table, columns)) as copy:
-        for row in rows:
-            copy.write_row(row)
-            sent += 1
-    return sent
-
-
-def upsert_rows(
-    conn: psycopg.Connection[Any],
-    table: str,
-    columns: Sequence[str],
-    rows: Rows,
-    *,
-    key: Sequence[str],
-    update: Sequence[str] | None = None,
-) -> int:
-    """Insert `rows`, updating `update` (default: every non-key column) where `key` exists.
-
-    Returns the number of rows inserted or updated. Runs inside the caller's transaction.
-    """
-    create, copy_sql, merge = upsert_statements(table, columns, key, update, _temp_name())
-    with conn.cursor() as cur:
-        cur.execute(create)
-        with cur.copy(copy_sql) as copy:
-            for seq, row in enumerate(rows):
-                copy.write_row((*row, seq))
-        cur.execute(merge)
-        return cur.rowcount
-
-
-# --- async -----------------------------------------------------------------------------------
-async def copy_rows_async(
-    conn: psycopg.AsyncConnection[Any], table: str, columns: Sequence[str], rows: Rows
-) -> int:
-    """`copy_rows` for an async connection."""
-    sent = 0
-    async with conn.cursor() as cur, cur.copy(copy_statement(table, columns)) as copy:
-        for row in rows:
-            await copy.write_row(row)
-            sent += 1
-    return sent
-
-
-async def upsert_rows_async(
-    conn: psycopg.AsyncConnection[Any],
-    table: str,
-    columns: Sequence[str],
-    rows: Rows,
-    *,
-    key: Sequence[str],
-    update: Sequence[str] | None = None,
-) -> int:
-    """`upsert_rows` for an async connection."""
-    create, copy_sql, merge = upsert_statements(table, columns, key, update, _temp_name())
-    async with conn.cursor() as cur:
-        await cur.execute(create)
-        async with cur.copy(copy_sql) as copy:
-            for seq, row in enumerate(rows):
-                await copy.write_row((*row, seq))
-        await cur.execute(merge)
-        return cur.rowcount
-
-
 # --- SQLAlchemy ------------------------------------------------------------------------------
-_lent: contextvars.ContextVar[Any] = contextvars.ContextVar("unbroken_lent_connection")
+# The connection a session being opened borrows (set around `engine.connect()`).
+lent: contextvars.ContextVar[Any] = contextvars.ContextVar("unbroken_lent_connection")
 _engines: dict[str, Any] = {}
 
 
@@ -201,32 +143,36 @@ class _AsyncLent(_Lent):
         pass
 
 
-def _engine() -> Engine:
+def orm_engine() -> tuple[Engine, type[Session]]:
+    """The engine through which sync sessions borrow the chunk's connection, and their
+    class. NullPool: SQLAlchemy keeps nothing; each session borrows the connection set in
+    `lent`. No hstore probe: it would open a savepoint."""
     engine: Engine | None = _engines.get("sync")
     if engine is None:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool
 
-        # NullPool: SQLAlchemy keeps nothing; each session borrows the current chunk's
-        # connection through the context variable. No hstore probe: it would open a savepoint.
         engine = create_engine(
             "postgresql+psycopg://",
-            creator=lambda: _Lent(_lent.get()),
+            creator=lambda: _Lent(lent.get()),
             poolclass=NullPool,
             use_native_hstore=False,
         )
         _engines["sync"] = engine
-    return engine
+    from sqlalchemy.orm import Session
+
+    return engine, Session
 
 
-def _async_engine() -> AsyncEngine:
+def aorm_engine() -> tuple[AsyncEngine, type[AsyncSession]]:
+    """`orm_engine` for async sessions: an AsyncEngine, and AsyncSession."""
     engine: AsyncEngine | None = _engines.get("async")
     if engine is None:
         from sqlalchemy.ext.asyncio import create_async_engine
         from sqlalchemy.pool import NullPool
 
         async def lend() -> Any:
-            return _AsyncLent(_lent.get())
+            return _AsyncLent(lent.get())
 
         engine = create_async_engine(
             "postgresql+psycopg://",
@@ -235,31 +181,6 @@ def _async_engine() -> AsyncEngine:
             use_native_hstore=False,
         )
         _engines["async"] = engine
-    return engine
-
-
-def orm_session(conn: psycopg.Connection[Any]) -> tuple[Session, SAConnection]:
-    """A Session (expire_on_commit=False) on `conn`'s current transaction, and its
-    SQLAlchemy connection. Flush the session and close both before the transaction ends."""
-    from sqlalchemy.orm import Session
-
-    token = _lent.set(conn)
-    try:
-        bound = _engine().connect()
-    finally:
-        _lent.reset(token)
-    return Session(bind=bound, expire_on_commit=False), bound
-
-
-async def orm_session_async(
-    conn: psycopg.AsyncConnection[Any],
-) -> tuple[AsyncSession, SAAsyncConnection]:
-    """`orm_session` for an async connection: an AsyncSession."""
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    token = _lent.set(conn)
-    try:
-        bound = await _async_engine().connect()
-    finally:
-        _lent.reset(token)
-    return AsyncSession(bind=bound, expire_on_commit=False), bound
+    return engine, AsyncSession

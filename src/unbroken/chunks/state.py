@@ -1,16 +1,19 @@
 """One chunked run's logic, with no I/O: the async and the sync runner share all of it.
 
 `ChunkRun.steps()` is a generator holding the whole algorithm (resume, read, commit, retry,
-fence). It yields *effects* and the runner (`chunks.run_chunks` or `run_chunks_sync`) only
-performs them and sends the result back, or throws the error in:
+fence). It yields *effects* and the runner (`arun_chunks` in `_async/runner.py`, or the
+`run_chunks` generated from it) only performs them and sends the result back, or throws the
+error in:
 
     Fetch(query, params)  one statement on a pool connection, autocommit; -> first row
     Read()                fill the chunk from the source (run.want / run.add / run.exhausted)
     Transact(chunk, ...)  run `steps` inside one transaction: Execute(query) -> first row,
                           WRITE -> call the task's write function with the chunk
     Sleep(seconds)        back off before trying again
+    Rewind(lost)          the database lost commits: read the source again, if it can be
 
-So the decisions are written once, and the two runners differ only by `await`.
+So the decisions are written once, and the two runners differ only by `await` (and by how
+they read the source: `unbroken.chunks.compat`).
 """
 
 from __future__ import annotations

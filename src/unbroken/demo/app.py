@@ -6,7 +6,7 @@ of work and never writes a record twice.
 from __future__ import annotations
 
 import unbroken
-from unbroken.chunks import AsyncChunk, run_chunks
+from unbroken import AsyncChunk, arun_chunks
 from unbroken.demo.jira import Changelog, Issue, JiraAPI
 
 app = unbroken.App()
@@ -56,7 +56,7 @@ async def sync_issues(project: str) -> dict[str, int]:
             ],
         )
 
-    progress = await run_chunks(api.issues, write)
+    progress = await arun_chunks(api.issues, write)
     return {"issues": progress.processed, "pages_read_this_attempt": api.pages_served}
 
 
@@ -72,5 +72,5 @@ async def sync_changelogs(project: str) -> dict[str, int]:
             rows,
         )
 
-    progress = await run_chunks(api.changelogs, write)
+    progress = await arun_chunks(api.changelogs, write)
     return {"changelogs": progress.processed, "pages_read_this_attempt": api.pages_served}

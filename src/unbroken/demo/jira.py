@@ -12,7 +12,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from unbroken.chunks import Page
+from unbroken import Page
 
 ISSUES = 30_000
 CHANGELOGS = 45_000
