@@ -7,17 +7,38 @@ generated from these descriptions (`unbroken config --markdown`), so the two can
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from unbroken.errors import ConfigError
 
 # libpq reads these itself; any of them set means "the user configured a database".
 LIBPQ_ENV_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+
+# Upper bounds: a number nothing downstream can use is refused when it is read, in one line
+# naming the variable, not met later as an OverflowError or as a server error on every
+# connection. Infinities and NaN are refused for every field (allow_inf_nan below).
+MAX_SECONDS = 10 * 365 * 24 * 3600.0  # any duration: ten years
+MAX_SERVER_TIMEOUT = (2**31 - 1) / 1000  # the server keeps its timeouts in int milliseconds
+MAX_JSONB_BYTES = 2**28 - 1  # the largest jsonb value PostgreSQL stores
+
+
+class SecretURL(SecretStr):
+    """The database URL or conninfo, which may hold a password.
+
+    Printed (repr, str, `unbroken config`) with the password hidden and the rest shown; in
+    JSON dumps as asterisks; its text only through `get_secret_value()`."""
+
+    def _display(self) -> str:
+        from unbroken.db.conninfo import redact
+
+        return redact(self.get_secret_value())
 
 
 def default_data_dir() -> Path:
@@ -28,11 +49,15 @@ class Settings(BaseSettings):
     """All of unbroken's settings. Read from `UNBROKEN_*` variables, or passed in code."""
 
     model_config = SettingsConfigDict(
-        env_prefix="UNBROKEN_", extra="forbid", validate_default=True, frozen=True
+        env_prefix="UNBROKEN_",
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+        allow_inf_nan=False,
     )
 
     # --- where the database is -------------------------------------------------------------
-    database_url: str | None = Field(
+    database_url: SecretURL | None = Field(
         None,
         description="PostgreSQL URL or conninfo; else DATABASE_URL, else libpq PG* variables, "
         "else the embedded server.",
@@ -78,6 +103,7 @@ class Settings(BaseSettings):
     pool_max_lifetime: float = Field(
         900.0,
         ge=60,
+        le=MAX_SECONDS,
         description="Seconds before a connection is recycled, so no session lives long enough "
         "to be cut by a proxy or firewall.",
     )
@@ -90,7 +116,10 @@ class Settings(BaseSettings):
         "always).",
     )
     pool_max_idle: float = Field(
-        120.0, ge=10, description="Seconds an extra idle connection is kept before closing it."
+        120.0,
+        ge=10,
+        le=MAX_SECONDS,
+        description="Seconds an extra idle connection is kept before closing it.",
     )
     connect_timeout: int = Field(
         5, ge=1, le=300, description="Seconds for one connection attempt; a dead host fails fast."
@@ -98,33 +127,37 @@ class Settings(BaseSettings):
 
     # --- noticing a dead network -------------------------------------------------------------
     keepalives_idle: int = Field(
-        30, ge=1, description="Seconds of silence before TCP probes a connection."
+        30, ge=1, le=32767, description="Seconds of silence before TCP probes a connection."
     )
-    keepalives_interval: int = Field(10, ge=1, description="Seconds between TCP probes.")
+    keepalives_interval: int = Field(10, ge=1, le=32767, description="Seconds between TCP probes.")
     keepalives_count: int = Field(
-        3, ge=1, description="Unanswered probes before the kernel drops the connection."
+        3, ge=1, le=127, description="Unanswered probes before the kernel drops the connection."
     )
     tcp_user_timeout: int = Field(
         30_000,
         ge=0,
+        le=2**31 - 1,
         description="Milliseconds unacknowledged data may wait before the kernel drops the "
         "connection (0: OS default).",
     )
     statement_timeout: float = Field(
         60.0,
         ge=0,
+        le=MAX_SERVER_TIMEOUT,
         description="Seconds a runtime statement may run on the server (0: off); ours take "
         "milliseconds.",
     )
     idle_in_transaction_timeout: float = Field(
         60.0,
         ge=0,
+        le=MAX_SERVER_TIMEOUT,
         description="Seconds a session may idle inside a transaction before the server ends "
         "it (0: off).",
     )
     statement_deadline: float = Field(
         0.0,
         ge=0,
+        le=MAX_SECONDS,
         description="Client-side deadline per runtime statement (0: statement_timeout + 10 s); "
         "catches half-open connections.",
     )
@@ -138,14 +171,18 @@ class Settings(BaseSettings):
     startup_wait: float = Field(
         30.0,
         ge=0,
+        le=MAX_SECONDS,
         description="Seconds a worker (or an App's first use) keeps retrying an unreachable "
         "server at start-up before failing; other CLI commands try once.",
     )
     startup_backoff_base: float = Field(
-        0.5, gt=0, description="First start-up retry delay in seconds; doubles each attempt."
+        0.5,
+        gt=0,
+        le=MAX_SECONDS,
+        description="First start-up retry delay in seconds; doubles each attempt.",
     )
     startup_backoff_cap: float = Field(
-        5.0, gt=0, description="Longest start-up retry delay in seconds."
+        5.0, gt=0, le=MAX_SECONDS, description="Longest start-up retry delay in seconds."
     )
 
     # --- units of work -----------------------------------------------------------------------
@@ -156,10 +193,13 @@ class Settings(BaseSettings):
         description="Tries of a unit of work on transient errors before its error is raised.",
     )
     retry_backoff_base: float = Field(
-        0.1, gt=0, description="First unit-of-work retry delay in seconds; doubles each try."
+        0.1,
+        gt=0,
+        le=MAX_SECONDS,
+        description="First unit-of-work retry delay in seconds; doubles each try.",
     )
     retry_backoff_cap: float = Field(
-        5.0, gt=0, description="Longest unit-of-work retry delay in seconds."
+        5.0, gt=0, le=MAX_SECONDS, description="Longest unit-of-work retry delay in seconds."
     )
 
     # --- workers -----------------------------------------------------------------------------
@@ -175,32 +215,40 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         30.0,
         ge=0,
+        le=MAX_SECONDS,
         description="Seconds running jobs get after SIGTERM before they are handed back "
         "unfinished.",
     )
     lease_seconds: float = Field(
         30.0,
         ge=1,
+        le=MAX_SECONDS,
         description="How long a running job's lease lasts; a dead worker's jobs are rescued "
         "after this.",
     )
     heartbeat_interval: float = Field(
         0.0,
         ge=0,
+        le=MAX_SECONDS,
         description="Seconds between lease renewals, one statement for all jobs (0: a third "
         "of the lease).",
     )
     rescue_interval: float = Field(
-        5.0, gt=0, description="Seconds between the leader's sweeps for jobs with expired leases."
+        5.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Seconds between the leader's sweeps for jobs with expired leases.",
     )
     promote_interval: float = Field(
         0.5,
         gt=0,
+        le=MAX_SECONDS,
         description="Seconds between the leader's promotions of due scheduled and retryable jobs.",
     )
     poll_interval: float = Field(
         2.0,
         gt=0,
+        le=MAX_SECONDS,
         description="Seconds between fetches when no notification arrives (the safety net "
         "behind LISTEN).",
     )
@@ -224,17 +272,20 @@ class Settings(BaseSettings):
     batch_buffer_max: int = Field(
         20_000,
         ge=1,
+        le=10_000_000,
         description="Outcomes held while the database is away; beyond it, jobs wait to "
         "report (backpressure).",
     )
     retention_seconds: float = Field(
         7 * 24 * 3600.0,
         ge=60,
+        le=MAX_SECONDS,
         description="Finished jobs older than this are pruned by the leader, in small batches.",
     )
     max_payload_bytes: int = Field(
         1_000_000,
         ge=100,
+        le=MAX_JSONB_BYTES,
         description="Largest serialised job arguments accepted at enqueue; bigger data "
         "belongs in a table.",
     )
@@ -267,12 +318,15 @@ class Settings(BaseSettings):
         "LISTEN (polling only).",
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", mode="before")
     @classmethod
-    def _url_parses(cls, value: str | None) -> str | None:
+    def _url_parses(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if value is None or value == "":
             return None
-        _parse_url(value)
+        if isinstance(value, str):
+            _parse_url(value)
         return value
 
     @model_validator(mode="after")
@@ -293,7 +347,7 @@ class Settings(BaseSettings):
         "" means "libpq decides from the PG* environment".
         """
         if self.database_url:
-            return self.database_url
+            return self.database_url.get_secret_value()
         env_url = os.environ.get("DATABASE_URL")
         if env_url:
             return _check_url("DATABASE_URL", env_url)
@@ -326,10 +380,19 @@ def _parse_url(value: str) -> None:
     try:
         params = conninfo_to_dict(value)
     except Exception as exc:
-        raise ValueError(f"not a valid PostgreSQL URL or conninfo ({_first_line(exc)})") from None
+        raise ValueError(f"not a valid PostgreSQL URL or conninfo ({_parse_reason(exc)})") from None
     ports = str(params.get("port") or "5432").split(",")
     if not all(p.strip().isdigit() and 0 < int(p) < 65536 for p in ports):
         raise ValueError(f"not a valid PostgreSQL URL or conninfo (bad port {params['port']!r})")
+
+
+def _parse_reason(exc: BaseException) -> str:
+    """libpq's reason, without the piece of the URL it quotes: that piece can be the
+    password (an unencoded % in it makes the URL unparseable, and libpq quotes the token)."""
+    reason = _first_line(exc)
+    if "percent-encoded" in reason:
+        return "a % not followed by two hex digits; write a % in a password as %25"
+    return re.sub(r'"[^"=]+"', '"…"', reason)
 
 
 def _check_url(name: str, value: str) -> str:
