@@ -32,7 +32,7 @@ _pool: AsyncConnectionPool[Any] | None = None
 
 
 def _url() -> str:
-    url = app.settings.database_url
+    url = app.settings.configured_url()
     assert url, "fault_app needs UNBROKEN_DATABASE_URL"
     return url
 
