@@ -36,9 +36,17 @@ from unbroken.db._sync.pool import Database, wait_until_reachable
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.db.conninfo import connection_kwargs
 from unbroken.db.target import Target, resolve_target
-from unbroken.enqueue import EnqueueOptions, JobMaker, JobSpec, argument_checker
+from unbroken.enqueue import (
+    INT4_MAX,
+    EnqueueOptions,
+    JobMaker,
+    JobSpec,
+    argument_checker,
+    as_int,
+    name_problem,
+)
 from unbroken.errors import ConfigError, EnqueueError, Permanent
-from unbroken.settings import Settings, load_settings
+from unbroken.settings import MAX_SECONDS, Settings, load_settings
 from unbroken.sql import Queries, queries
 
 if TYPE_CHECKING:
@@ -202,6 +210,45 @@ def _refuse_main(name: str) -> Callable[[tuple[Any, ...], dict[str, Any]], None]
     return refuse
 
 
+def _option_problem(
+    queue: object, priority: object, max_attempts: object, timeout: object, chunk_size: object
+) -> str | None:
+    """What is wrong with a task's declared options (None: nothing), checked at `@app.task`
+    so that no worker meets a value it cannot use."""
+    problem = name_problem("queue name", queue, 128)
+    if problem is not None:
+        return problem
+    if not callable(priority):
+        value = as_int(priority)
+        if value is None:
+            return f"priority must be an integer or a function, got {priority!r}"
+        if not -32768 <= value <= 32767:
+            return f"priority {value} is outside -32768..32767"
+    attempts = as_int(max_attempts)
+    if attempts is None:
+        return f"max_attempts must be an integer, got {max_attempts!r}"
+    if not 1 <= attempts <= INT4_MAX:
+        return f"max_attempts must be 1 to {INT4_MAX}, got {attempts}"
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_SECONDS  # NaN fails this too
+    ):
+        return (
+            f"timeout must be seconds, more than 0 and at most {MAX_SECONDS:.0f}, got {timeout!r}"
+        )
+    return _chunk_size_problem(chunk_size)
+
+
+def _chunk_size_problem(chunk_size: object) -> str | None:
+    if chunk_size is None:
+        return None
+    size = as_int(chunk_size)
+    if size is None or not 1 <= size <= INT4_MAX:
+        return f"chunk_size must be an integer from 1 to {INT4_MAX}, got {chunk_size!r}"
+    return None
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -269,14 +316,12 @@ class App:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
             if task_name in self.tasks:
                 raise ConfigError(f"task {task_name!r} is registered twice")
-            if not 1 <= len(task_name) <= 255 or any(c in task_name for c in "\t\n\r\\"):
-                raise ConfigError(f"task name {task_name!r}: 1 to 255 characters, no control ones")
-            if max_attempts < 1:
-                raise ConfigError(f"task {task_name}: max_attempts must be >= 1")
-            if timeout is not None and timeout <= 0:
-                raise ConfigError(f"task {task_name}: timeout must be > 0 seconds")
-            if chunk_size is not None and chunk_size < 1:
-                raise ConfigError(f"task {task_name}: chunk_size must be >= 1")
+            problem = name_problem("task name", task_name, 255)
+            if problem is not None:
+                raise ConfigError(problem)
+            problem = _option_problem(queue, priority, max_attempts, timeout, chunk_size)
+            if problem is not None:
+                raise ConfigError(f"task {task_name}: {problem}")
             options = TaskOptions(
                 name=task_name,
                 queue=queue,
@@ -413,9 +458,19 @@ class App:
         self._set_paused(name, False)
 
     def set_chunk_size(self, task: str, chunk_size: int | None) -> None:
-        """Change a task's chunk size at run time (None: back to its default)."""
-        if chunk_size is not None and chunk_size < 1:
-            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+        """Change a task's chunk size at run time (None: back to its default).
+
+        `task` is the name of one of this app's tasks: a misspelt name would write a setting
+        that no task ever reads."""
+        if task not in self.tasks:
+            import difflib
+
+            close = difflib.get_close_matches(str(task), list(self.tasks), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"no task named {task!r} in this app{hint}")
+        problem = _chunk_size_problem(chunk_size)
+        if problem is not None:
+            raise ConfigError(f"task {task}: {problem}")
         params = {"task": task, "chunk_size": chunk_size}
         self.database().pool("api").run(
             lambda c: c.execute(self.queries["task_set_chunk_size"], params), transaction=False

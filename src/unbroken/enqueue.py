@@ -2,8 +2,11 @@
 
 Everything that can be wrong with a job is caught here, before a byte is written: an
 argument that does not fit the task's signature, one that JSON cannot hold, a payload
-over the size limit, arguments nested deeper than `MAX_ARGS_DEPTH`. A refused job raises
-`EnqueueError` with one line naming the task and the problem; a batch is refused whole.
+over the size limit, arguments nested deeper than `MAX_ARGS_DEPTH`, text PostgreSQL cannot
+store (a NUL character, a lone surrogate) in the arguments, a name or a unique key, options
+of the wrong type or beyond what a column holds. A refused job raises `EnqueueError` with
+one line naming the task and the problem (never the data); a batch is refused whole.
+Options are checked once per task and options (`JobMaker`), arguments once per call.
 
 `decode_payload` is the way back, for a worker: a row's args text to the payload, or a
 ValueError saying why it cannot be one (a row another client wrote).
@@ -11,8 +14,10 @@ ValueError saying why it cannot be one (a row another client wrote).
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+import operator
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +29,18 @@ from psycopg.types.json import Jsonb
 
 from unbroken.errors import EnqueueError
 
-_UNSAFE_NAME = re.compile(r"[\t\n\r\\]")
+# Queue and task names go into COPY text unescaped: no tabs, newlines or backslashes. NUL
+# and lone surrogates (a Python str may hold one; UTF-8 cannot) no text column can store.
+_UNSAFE_NAME = re.compile("[\x00\t\n\r\\\\\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# An escape in the encoder's output (ASCII, lower-case hex): backslash-uXXXX, or a backslash
+# and one character.
+_ESCAPE = re.compile(r"\\(?:u([0-9a-f]{4})|.)")
+INT4_MAX = 2**31 - 1  # max_attempts and chunk_size are integer columns
+# The unique index takes entries up to ~2,700 bytes (after compression, which random text
+# does not get). A longer explicit key is refused; unique=True's own key (the task and its
+# arguments) is a digest of them past this length.
+MAX_UNIQUE_KEY_BYTES = 2500
 
 # How deep an argument may nest ([[...]] and {"a": {...}} count a level each). JSON
 # decoders recurse once per level, and a worker decodes on a deeper stack than the caller
@@ -184,6 +200,67 @@ def argument_checker(
     return check
 
 
+def name_problem(what: str, name: object, longest: int) -> str | None:
+    """Why `name` cannot be a queue or task name; None when it can."""
+    if isinstance(name, str) and 1 <= len(name) <= longest and not _UNSAFE_NAME.search(name):
+        return None
+    return (
+        f"{what} {name!r} must be 1 to {longest} characters without tabs, newlines, "
+        "backslashes, NUL or lone surrogates"
+    )
+
+
+def unique_key_problem(key: str) -> str | None:
+    """Why `key` cannot be a unique key (None when it can)."""
+    if _UNSTORABLE.search(key):
+        return "unique key holds a NUL character or a lone surrogate"
+    size = len(key.encode())
+    if size > MAX_UNIQUE_KEY_BYTES:
+        return (
+            f"unique key is {size:,} bytes, over the limit of {MAX_UNIQUE_KEY_BYTES:,} (the "
+            "unique index's); pass a digest of what makes the job unique"
+        )
+    return None
+
+
+def as_int(value: object) -> int | None:
+    """`value` as an int if it is an integer (not a bool, float or string), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def unstorable_in(payload: str) -> str | None:
+    """What PostgreSQL could not store in this encoder output: "a NUL character" or "a lone
+    surrogate" (escaped, as the ASCII encoder writes them), or None.
+
+    Two substring searches in C decide for almost every payload; only one that holds a
+    `\\u0000` or `\\udXXX` escape (an emoji is a surrogate pair) is walked escape by escape,
+    so that an escaped backslash followed by "u0000" is text, and a pair is a pair.
+    """
+    if "\\u0000" not in payload and "\\ud" not in payload:
+        return None
+    high_ends = -1  # where a high surrogate's escape ended, while its low half is due
+    for match in _ESCAPE.finditer(payload):
+        code = match[1]
+        if high_ends >= 0:
+            if match.start() != high_ends or code is None or not "dc00" <= code <= "dfff":
+                return "a lone surrogate"
+            high_ends = -1
+        elif code is None:
+            continue
+        elif code == "0000":
+            return "a NUL character"
+        elif "d800" <= code <= "dbff":
+            high_ends = match.end()
+        elif "dc00" <= code <= "dfff":
+            return "a lone surrogate"
+    return "a lone surrogate" if high_ends >= 0 else None
+
+
 class JobMaker:
     """Turns one task's calls, under one set of options, into `JobSpec`s.
 
@@ -229,47 +306,70 @@ class JobMaker:
         self.unique = unique
         self.unique_key = options.unique_key
         self.priority_fn: Callable[..., int] | None = None
-        self.priority = 0
+        given_priority: object = 0
         if options.priority is not None:
-            self.priority = options.priority
+            given_priority = options.priority
         elif callable(priority):
             self.priority_fn = priority
         else:
-            self.priority = priority
-        self.attempts = options.max_attempts if options.max_attempts is not None else max_attempts
+            given_priority = priority
+        self.priority = as_int(given_priority) or 0
+        given_attempts = options.max_attempts if options.max_attempts is not None else max_attempts
+        self.attempts = as_int(given_attempts) or 0
         self.queue = options.queue or queue
         self.run_at = options.run_at
         self.delay: timedelta | None = None
-        self.problem: str | None = None
-        if options.delay is not None:
-            try:
-                self.delay = (
-                    options.delay
-                    if isinstance(options.delay, timedelta)
-                    else timedelta(seconds=float(options.delay))
-                )
-            except (TypeError, ValueError, OverflowError):
-                self.problem = (
-                    f"task {task}: delay must be seconds or a timedelta, got {options.delay!r}"
-                )
-        self.problem = self.problem or self._problem()
+        self.problem = self._problem(given_priority, given_attempts, options.delay)
 
-    def _problem(self) -> str | None:
+    def _problem(self, priority: object, attempts: object, delay: object) -> str | None:
         task = self.task
-        if self.priority_fn is None and not -32768 <= self.priority <= 32767:
-            return f"task {task}: priority {self.priority} is outside -32768..32767"
+        if self.priority_fn is None:
+            if as_int(priority) is None:
+                return f"task {task}: priority must be an integer, got {priority!r}"
+            if not -32768 <= self.priority <= 32767:
+                return f"task {task}: priority {self.priority} is outside -32768..32767"
+        if as_int(attempts) is None:
+            return f"task {task}: max_attempts must be an integer, got {attempts!r}"
         if self.attempts < 1:
             return f"task {task}: max_attempts must be >= 1, got {self.attempts}"
-        if self.delay is not None and self.delay.total_seconds() < 0:
-            return f"task {task}: delay must be >= 0 seconds, got {self.delay.total_seconds()}"
-        if self.run_at is not None and self.run_at.tzinfo is None:
-            return f"task {task}: run_at must be timezone-aware, got {self.run_at}"
-        if not 1 <= len(self.queue) <= 128 or _UNSAFE_NAME.search(self.queue):
-            return (
-                f"task {task}: queue name {self.queue!r} must be 1 to 128 characters without "
-                "tabs, newlines or backslashes"
-            )
+        if self.attempts > INT4_MAX:
+            return f"task {task}: max_attempts must be 1 to {INT4_MAX}, got {self.attempts}"
+        if delay is not None:
+            if isinstance(delay, str | bytes | bool):
+                return f"task {task}: delay must be seconds or a timedelta, got {delay!r}"
+            try:
+                seconds = delay if isinstance(delay, timedelta) else float(delay)  # type: ignore[arg-type]
+                self.delay = seconds if isinstance(seconds, timedelta) else timedelta(0, seconds)
+            except (TypeError, ValueError, OverflowError):
+                return f"task {task}: delay must be seconds or a timedelta, got {delay!r}"
+            if self.delay.total_seconds() < 0:
+                return f"task {task}: delay must be >= 0 seconds, got {self.delay.total_seconds()}"
+            try:
+                self.now() + self.delay
+            except OverflowError:
+                return self._too_far()
+        if self.run_at is not None:
+            if not isinstance(self.run_at, datetime):
+                return f"task {task}: run_at must be a datetime, got {type(self.run_at).__name__}"
+            if self.run_at.tzinfo is None:
+                return f"task {task}: run_at must be timezone-aware, got {self.run_at}"
+        problem = name_problem("queue name", self.queue, 128)
+        if problem is not None:
+            return f"task {task}: {problem}"
+        key = self.unique_key
+        if key is not None:
+            if not isinstance(key, str):
+                return f"task {task}: unique_key must be a string, got {type(key).__name__}"
+            problem = unique_key_problem(key)
+            if problem is not None:
+                return f"task {task}: {problem}"
         return None
+
+    def _too_far(self) -> str:
+        return (
+            f"task {self.task}: delay {self.delay} is too far in the future (the run time "
+            "would be past the year 9999)"
+        )
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> JobSpec:
         task = self.task
@@ -292,6 +392,11 @@ class JobMaker:
             ) from None
         # ASCII (the encoder escapes the rest): characters are bytes.
         size = len(payload)
+        # Two substring searches in C; the walk only for a payload that has such an escape.
+        if ("\\u0000" in payload or "\\ud" in payload) and (bad := unstorable_in(payload)):
+            raise EnqueueError(
+                f"task {task}: arguments hold {bad}, which PostgreSQL cannot store as text"
+            )
         if size > self.max_payload_bytes:
             raise EnqueueError(
                 f"task {task}: arguments are {size:,} bytes, over the limit of "
@@ -306,14 +411,36 @@ class JobMaker:
             )
         prio = self.priority
         if self.priority_fn is not None:
-            prio = int(self.priority_fn(*args, **kwargs))
+            given = self.priority_fn(*args, **kwargs)
+            try:
+                prio = int(given)
+            except (TypeError, ValueError, OverflowError):
+                raise EnqueueError(
+                    f"task {task}: its priority function returned {given!r}, not an integer"
+                ) from None
             if not -32768 <= prio <= 32767:
                 raise EnqueueError(f"task {task}: priority {prio} is outside -32768..32767")
         key = self.unique_key
         if key is None and self.unique:
             unique = self.unique
-            key = str(unique(*args, **kwargs)) if callable(unique) else f"{task}:{payload}"
-        run_at = self.run_at if self.delay is None else self.now() + self.delay
+            if callable(unique):
+                key = str(unique(*args, **kwargs))
+                problem = unique_key_problem(key)
+                if problem is not None:
+                    raise EnqueueError(f"task {task}: {problem}")
+            else:
+                key = f"{task}:{payload}"
+                if (
+                    len(key) > MAX_UNIQUE_KEY_BYTES // 4
+                    and len(key.encode()) > MAX_UNIQUE_KEY_BYTES
+                ):
+                    key = f"{task}:sha256:{hashlib.sha256(payload.encode()).hexdigest()}"
+        run_at = self.run_at
+        if self.delay is not None:
+            try:
+                run_at = self.now() + self.delay
+            except OverflowError:
+                raise EnqueueError(self._too_far()) from None
         return JobSpec(self.queue, task, payload, prio, run_at, self.attempts, key)
 
 

@@ -66,6 +66,22 @@ def test_a_job_carries_its_arguments_and_options() -> None:
         (lambda: maker(delay="soon")((1,), {}), "delay must be seconds or a timedelta"),
         (lambda: maker(run_at=datetime(2030, 1, 1))((1,), {}), "must be timezone-aware"),
         (lambda: maker(queue="a\tb")((1,), {}), "queue name"),
+        # issue 12: what PostgreSQL or the encoder would refuse with its own error
+        (lambda: maker()(("a\x00b",), {}), "NUL character"),
+        (lambda: maker()(("\ud800",), {}), "lone surrogate"),
+        (lambda: maker()(({"k\x00": 1},), {}), "NUL character"),
+        (lambda: maker(queue="a\x00")((1,), {}), "queue name"),
+        (lambda: maker(queue="\udc80")((1,), {}), "queue name"),
+        (lambda: maker(unique_key="k\x00")((1,), {}), "unique key"),
+        (lambda: maker(unique_key=7)((1,), {}), "unique_key must be a string"),
+        (lambda: maker(priority=True)((1,), {}), "priority must be an integer"),
+        (lambda: maker(priority="5")((1,), {}), "priority must be an integer"),
+        (lambda: maker(priority=lambda a, b=None: "x")((1,), {}), "priority function returned"),
+        (lambda: maker(max_attempts=2.5)((1,), {}), "max_attempts must be an integer"),
+        (lambda: maker(max_attempts=2**31)((1,), {}), "max_attempts must be 1 to 2147483647"),
+        (lambda: maker(delay=1e12)((1,), {}), "delay .* is too far"),
+        (lambda: maker(delay="60")((1,), {}), "delay must be seconds or a timedelta"),
+        (lambda: maker(run_at="2030-01-01T00:00:00Z")((1,), {}), "run_at must be a datetime"),
     ],
 )
 def test_a_bad_call_is_one_line_naming_task_and_problem(make: Any, message: str) -> None:
@@ -73,6 +89,12 @@ def test_a_bad_call_is_one_line_naming_task_and_problem(make: Any, message: str)
         make()
     assert str(info.value).startswith("task t: ")
     assert "\n" not in str(info.value)
+
+
+def test_escapes_that_only_look_like_nul_or_surrogates_are_kept() -> None:
+    text = "\\u0000 \\ud800 \U0001f600"  # a backslash then u0000, and an emoji (a pair)
+    spec = maker(priority=0)((text,), {})
+    assert json.loads(spec.args)["args"] == [text]
 
 
 def test_arguments_that_refer_to_themselves_are_refused() -> None:
