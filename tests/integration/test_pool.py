@@ -36,9 +36,11 @@ def settings(**overrides: Any) -> Settings:
 
 @pytest.fixture
 def table(database_url: str) -> str:
+    # Our pools search pg_catalog and unbroken's schema only (docs/security.md): the tests'
+    # own tables are named with their schema.
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = on")  # survive an immediate restart
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
+        conn.execute("CREATE TABLE public.items (id int PRIMARY KEY, note text)")
     return database_url
 
 
@@ -72,7 +74,7 @@ def test_terminated_mid_transaction_the_unit_of_work_is_retried_exactly_once(
 
     def work(conn: Connection[Any]) -> int:
         tries.append(1)
-        conn.execute("INSERT INTO items VALUES (1, 'once')")
+        conn.execute("INSERT INTO public.items VALUES (1, 'once')")
         if len(tries) == 1:
             # Kill our own session while the insert is uncommitted.
             faults.terminate_backends("unbroken:api")
@@ -81,7 +83,7 @@ def test_terminated_mid_transaction_the_unit_of_work_is_retried_exactly_once(
     with RolePool("api", table, settings()) as pool:
         assert pool.run(work) == 2
         with pool.connection() as conn:
-            assert conn.execute("SELECT count(*) FROM items").fetchone() == (1,)
+            assert conn.execute("SELECT count(*) FROM public.items").fetchone() == (1,)
 
 
 def test_permanent_error_is_not_retried(table: str) -> None:
@@ -89,7 +91,7 @@ def test_permanent_error_is_not_retried(table: str) -> None:
 
     def work(conn: Connection[Any]) -> None:
         calls.append(1)
-        conn.execute("INSERT INTO items VALUES (1, 'a'), (1, 'b')")
+        conn.execute("INSERT INTO public.items VALUES (1, 'a'), (1, 'b')")
 
     with RolePool("api", table, settings()) as pool, pytest.raises(psycopg.errors.UniqueViolation):
         pool.run(work)
@@ -115,11 +117,11 @@ def test_server_restarted_mid_run_the_next_unit_succeeds(
     table: str, faults: Faults, mode: Any
 ) -> None:
     with RolePool("api", table, settings(pool_min_size=4)) as pool:
-        pool.run(lambda c: c.execute("INSERT INTO items VALUES (1, 'before')"))
+        pool.run(lambda c: c.execute("INSERT INTO public.items VALUES (1, 'before')"))
         faults.restart(mode)
-        pool.run(lambda c: c.execute("INSERT INTO items VALUES (2, 'after')"))
+        pool.run(lambda c: c.execute("INSERT INTO public.items VALUES (2, 'after')"))
         with pool.connection() as conn:
-            rows = conn.execute("SELECT id FROM items ORDER BY id").fetchall()
+            rows = conn.execute("SELECT id FROM public.items ORDER BY id").fetchall()
         assert rows in ([(1,), (2,)], [(2,)])  # immediate stop may lose an unsynced commit
         assert pool.stats().reconnects >= 1  # one flush replaced every stale connection
 
@@ -131,10 +133,10 @@ def test_connection_handed_back_inside_a_transaction_is_rolled_back_and_named(
     with RolePool("api", table, settings()) as pool:
         with pool.connection() as conn:
             conn.execute("BEGIN")
-            conn.execute("INSERT INTO items VALUES (1, 'lost')")
+            conn.execute("INSERT INTO public.items VALUES (1, 'lost')")
         assert pool.stats().dirty_returns == 1
         with pool.connection() as conn:
-            assert conn.execute("SELECT count(*) FROM items").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM public.items").fetchone() == (0,)
         assert not faults.idle_in_transaction()
     warning = next(
         r.getMessage() for r in caplog.records if "inside a transaction" in r.getMessage()
@@ -146,17 +148,17 @@ def test_connection_handed_back_inside_a_transaction_is_rolled_back_and_named(
 def test_transaction_scope_commits_or_rolls_back(table: str) -> None:
     with RolePool("api", table, settings()) as pool:
         with pool.transaction() as conn:
-            conn.execute("INSERT INTO items VALUES (1, 'kept')")
+            conn.execute("INSERT INTO public.items VALUES (1, 'kept')")
 
         def failing() -> None:
             with pool.transaction() as conn:
-                conn.execute("INSERT INTO items VALUES (2, 'dropped')")
+                conn.execute("INSERT INTO public.items VALUES (2, 'dropped')")
                 raise RuntimeError("user code failed")
 
         with pytest.raises(RuntimeError):
             failing()
         with pool.connection() as conn:
-            assert conn.execute("SELECT id FROM items").fetchall() == [(1,)]
+            assert conn.execute("SELECT id FROM public.items").fetchall() == [(1,)]
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
@@ -221,10 +223,10 @@ def test_statement_deadline_ends_a_blackholed_copy(database_url: str, pg_server:
     try:
         s = settings(statement_deadline=1.0, pool_min_size=1, retry_attempts=1)
         with RolePool("api", proxy.url(dbname), s) as pool, pool.connection() as conn:
-            conn.execute("CREATE TABLE copied (n int)")
+            conn.execute("CREATE TABLE public.copied (n int)")
             proxy.blackhole()
             with pytest.raises(StatementDeadline):  # noqa: SIM117 (the COPY block is the statement)
-                with conn.cursor() as cur, cur.copy("COPY copied (n) FROM STDIN") as copy:
+                with conn.cursor() as cur, cur.copy("COPY public.copied (n) FROM STDIN") as copy:
                     copy.write_row((1,))
     finally:
         proxy.stop()
@@ -265,7 +267,9 @@ def test_async_unit_of_work_survives_a_restart(table: str, faults: Faults) -> No
         try:
 
             async def insert(conn: AsyncConnection[Any]) -> None:
-                await conn.execute("INSERT INTO items VALUES (7, 'async') ON CONFLICT DO NOTHING")
+                await conn.execute(
+                    "INSERT INTO public.items VALUES (7, 'async') ON CONFLICT DO NOTHING"
+                )
 
             await pool.run(insert)
             restarter = threading.Thread(target=faults.restart, args=("fast",))
@@ -274,7 +278,7 @@ def test_async_unit_of_work_survives_a_restart(table: str, faults: Faults) -> No
             await pool.run(insert)
 
             async def read(conn: AsyncConnection[Any]) -> list[tuple[int]]:
-                return await (await conn.execute("SELECT id FROM items")).fetchall()
+                return await (await conn.execute("SELECT id FROM public.items")).fetchall()
 
             return await pool.run(read)
         finally:
@@ -288,7 +292,7 @@ def test_no_session_is_left_idle_in_transaction(table: str, faults: Faults) -> N
         for i in range(20):
             try:
                 with pool.transaction() as conn:
-                    conn.execute("INSERT INTO items VALUES (%s, 'x')", [i % 5])
+                    conn.execute("INSERT INTO public.items VALUES (%s, 'x')", [i % 5])
             except psycopg.errors.UniqueViolation:
                 pass
         assert faults.idle_in_transaction() == []
@@ -335,13 +339,13 @@ def test_callers_waiting_through_a_7_s_outage_are_served_when_it_ends(
     a new checkout: the waiting callers timed out.)"""
     s = settings(pool_min_size=2, pool_max_size=2, pool_acquire_timeout=15, retry_attempts=1)
     with RolePool("api", table, s) as pool:
-        pool.run(lambda c: c.execute("INSERT INTO items VALUES (0, 'before')"))
+        pool.run(lambda c: c.execute("INSERT INTO public.items VALUES (0, 'before')"))
         faults.stop_for_in_background(7.0)  # down when this returns
         outcomes: dict[str, object] = {}
 
         def by_run() -> None:
             try:
-                pool.run(lambda c: c.execute("INSERT INTO items VALUES (1, 'run')"))
+                pool.run(lambda c: c.execute("INSERT INTO public.items VALUES (1, 'run')"))
                 outcomes["run"] = "ok"
             except Exception as exc:
                 outcomes["run"] = exc
@@ -360,7 +364,7 @@ def test_callers_waiting_through_a_7_s_outage_are_served_when_it_ends(
             caller.join(timeout=60)
         assert outcomes == {"run": "ok", "connection": (2,)}
         with pool.connection() as conn:
-            assert conn.execute("SELECT note FROM items WHERE id = 1").fetchone() == ("run",)
+            assert conn.execute("SELECT note FROM public.items WHERE id = 1").fetchone() == ("run",)
 
 
 def test_async_callers_waiting_through_a_7_s_outage_are_served_when_it_ends(

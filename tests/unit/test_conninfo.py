@@ -62,9 +62,10 @@ def test_behind_pgbouncer_no_options_and_one_statement_instead() -> None:
     on_connect = session_statement(session, role="worker")
     per_transaction = transaction_statement(transaction, role="worker")
     assert on_connect == (
-        b"SELECT set_config('synchronous_commit', 'on', false),"
-        b" set_config('statement_timeout', '7000', false),"
-        b" set_config('idle_in_transaction_session_timeout', '60000', false)"
+        b"SELECT pg_catalog.set_config('search_path', 'pg_catalog,unbroken,pg_temp', false),"
+        b" pg_catalog.set_config('synchronous_commit', 'on', false),"
+        b" pg_catalog.set_config('statement_timeout', '7000', false),"
+        b" pg_catalog.set_config('idle_in_transaction_session_timeout', '60000', false)"
     )
     assert per_transaction == on_connect.replace(b"false", b"true")  # local: ends with it
     assert transaction_statement(session, role="worker") is None

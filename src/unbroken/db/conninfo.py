@@ -13,6 +13,10 @@ How the server limits travel depends on what is in between (`settings.pgbouncer`
   that other clients get next: set for each transaction only (`transaction_statement`,
   set_config(..., true)), sent in one pipeline with the transaction's first statement
   (db/deadline.py), so it costs no round trip.
+
+Among them is the search_path (`safe_search_path`): the system catalog, our schema, then
+pg_temp, so a function or operator planted in `public` by any role that may create objects
+there is never a better match than the built-in one our SQL means (docs/security.md).
 """
 
 from __future__ import annotations
@@ -39,10 +43,20 @@ def redact(text: str) -> str:
 USER_ROLES = frozenset({"chunks"})
 
 
+def safe_search_path(schema: str) -> str:
+    """The search_path of every session of ours: pg_catalog first and explicit, our schema
+    (owned by the migrator, trusted), pg_temp last (named, so it cannot come first for
+    tables); `public` and "$user" are never searched. No spaces: it travels in `options`."""
+    return f"pg_catalog,{schema},pg_temp"
+
+
 def server_settings(settings: Settings, *, role: str) -> dict[str, str]:
     """The server settings every session of `role` runs with, as the server reads them."""
     values: dict[str, str] = {}
     if role not in USER_ROLES:
+        # The chunk sessions run the user's statements with the user's search_path; the
+        # SQL we run there names its functions pg_catalog.<name> instead (sql/chunks.sql).
+        values["search_path"] = safe_search_path(settings.schema_name)
         # An acknowledged claim or outcome must survive a crash: with synchronous_commit off
         # the server could forget a claim and hand the job out again while its first run
         # goes on (the claim token fences that run's writes, not what it does elsewhere).
@@ -100,11 +114,14 @@ def transaction_statement(settings: Settings, *, role: str) -> bytes | None:
 
 
 def _set_config(values: dict[str, str], *, local: bool) -> bytes | None:
-    """One SELECT of set_config() calls: one statement, one round trip, whatever the count."""
+    """One SELECT of set_config() calls: one statement, one round trip, whatever the count.
+    Qualified: it runs before the session's search_path is ours."""
     if not values:
         return None
     calls = [
-        sql.SQL("set_config({}, {}, {})").format(sql.Literal(name), sql.Literal(value), local)
+        sql.SQL("pg_catalog.set_config({}, {}, {})").format(
+            sql.Literal(name), sql.Literal(value), local
+        )
         for name, value in values.items()
     ]
     return (sql.SQL("SELECT ") + sql.SQL(", ").join(calls)).as_bytes(None)

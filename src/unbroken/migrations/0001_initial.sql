@@ -1,7 +1,7 @@
 -- 0001: jobs, queues, workers, leader election.
 -- Every name is written as unbroken.<name>; the migrator substitutes the configured schema.
-
-CREATE SCHEMA IF NOT EXISTS unbroken;
+-- The migrator creates the schema itself when it is missing (migrations/__init__.py): a
+-- CREATE SCHEMA IF NOT EXISTS here would need CREATE on the database even when it exists.
 
 CREATE TYPE unbroken.job_state AS ENUM (
     'scheduled',  -- waits for run_at (enqueued for later, or snoozed)

@@ -6,6 +6,11 @@ once serialise, and the second finds nothing left to do. A transaction-level loc
 session one) also works through PgBouncer in transaction mode. `schema.sql` is the whole
 schema in one file for teams that apply SQL with their own tools; a test proves the
 migrations produce exactly it.
+
+The migrating role needs CREATE on the schema (or to own it), and nothing on the database
+once the schema exists: it is created only when missing. The transaction runs with our own
+search_path whatever the connection's, and a role that may not migrate gets one
+`MigrationError` line saying who may (docs/security.md).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from unbroken.db.conninfo import safe_search_path
 from unbroken.errors import MigrationError
 
 logger = logging.getLogger("unbroken.migrations")
@@ -59,9 +65,35 @@ def full_schema_sql(schema: str = "unbroken") -> str:
     return render((HERE / "schema.sql").read_text(), schema)
 
 
+def _ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Create the schema if it is missing; warn when another role owns it.
+
+    Not `CREATE SCHEMA IF NOT EXISTS`: that needs CREATE on the database even when the
+    schema exists, which a migrator given only its schema does not have."""
+    row = conn.execute(
+        "SELECT current_user::text, (SELECT pg_catalog.pg_get_userbyid(nspowner)::text"
+        " FROM pg_catalog.pg_namespace WHERE nspname = %s)",
+        [schema],
+    ).fetchone()
+    user, owner = row if row is not None else (None, None)
+    if owner is None:
+        conn.execute(render("CREATE SCHEMA unbroken;", schema).encode())
+    elif owner != user:
+        logger.warning(
+            "schema %r is owned by role %s, not by %s, which migrates it: %s can drop or "
+            "replace every object in it; prefer CREATE SCHEMA %s AUTHORIZATION %s "
+            "(docs/security.md)",
+            schema,
+            owner,
+            user,
+            owner,
+            schema,
+            user,
+        )
+
+
 def _bootstrap(schema: str) -> str:
     return render(
-        "CREATE SCHEMA IF NOT EXISTS unbroken;\n"
         "CREATE TABLE IF NOT EXISTS unbroken.migrations (\n"
         "    version    integer PRIMARY KEY,\n"
         "    name       text NOT NULL,\n"
@@ -94,7 +126,13 @@ def migrate(conn: psycopg.Connection[Any], schema: str = "unbroken") -> list[Mig
             # A migration may rewrite a big table: the runtime's statement timeout is for
             # its own short statements, not for this one transaction.
             conn.execute("SET LOCAL statement_timeout = 0")
+            # Whatever the connection's search_path (a caller's own connection), nothing
+            # planted in public can shadow a function the migrations call.
+            conn.execute(
+                "SELECT pg_catalog.set_config('search_path', %s, true)", [safe_search_path(schema)]
+            )
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"unbroken:{schema}"])
+            _ensure_schema(conn, schema)
             conn.execute(_bootstrap(schema).encode())
             todo = pending(conn, schema)  # again, under the lock
             for migration in todo:
@@ -110,5 +148,12 @@ def migrate(conn: psycopg.Connection[Any], schema: str = "unbroken") -> list[Mig
         raise MigrationError(
             f"schema {schema!r} already holds objects the migrations would create, but no "
             f"record of them in {schema}.migrations: {exc.diag.message_primary}"
+        ) from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        user = conn.info.user
+        raise MigrationError(
+            f"role {user} may not migrate schema {schema!r} ({exc.diag.message_primary}): "
+            "apply the migrations as the schema's owner (unbroken db migrate, "
+            "docs/security.md), then start the workers"
         ) from None
     return todo

@@ -1,7 +1,8 @@
 -- The whole unbroken schema, as the migrations leave it (a test checks they agree).
 -- Apply it with your own migration tool if you prefer: `unbroken db sql > unbroken.sql`.
 -- Every name is written as unbroken.<name>; `unbroken db sql --schema NAME` substitutes.
-
+-- Drop the next line if the schema is created for you (docs/security.md): even when the
+-- schema exists, it needs CREATE on the database.
 
 CREATE SCHEMA IF NOT EXISTS unbroken;
 
@@ -76,7 +77,9 @@ CREATE INDEX jobs_finished_idx ON unbroken.jobs (finished_at) INCLUDE (queue, st
     WHERE finished_at IS NOT NULL;
 
 -- Wake idle workers when jobs become available (one notification per queue per statement).
-CREATE FUNCTION unbroken.notify_available() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Like every function in the schema, it runs with its own search_path (0005).
+CREATE FUNCTION unbroken.notify_available() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM pg_notify('unbroken.jobs', q.queue)
     FROM (SELECT DISTINCT queue FROM new_jobs WHERE state = 'available') AS q;
@@ -140,4 +143,4 @@ CREATE TABLE unbroken.migrations (
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session');
+INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path');

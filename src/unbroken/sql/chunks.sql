@@ -22,6 +22,8 @@ WHERE j.id = %(id)s
 -- a change made while the job runs applies from the next chunk, at no extra round trip.
 -- `commit_mode` 'off' lets this transaction commit without waiting for its WAL flush (set
 -- here, not with a SET LOCAL, to save a round trip); NULL keeps the session's setting.
+-- This session keeps the user's search_path (their statements run in it): a function an
+-- object planted in public could outmatch (a variadic "any" one here) is named pg_catalog.
 WITH durability AS (
     SELECT set_config('synchronous_commit',
                       coalesce(%(commit_mode)s::text, current_setting('synchronous_commit')),
@@ -29,7 +31,8 @@ WITH durability AS (
 )
 UPDATE unbroken.jobs AS j
 SET checkpoint = %(checkpoint)s::jsonb,
-    progress = %(progress)s::jsonb || jsonb_build_object('checkpoint_at', clock_timestamp()),
+    progress = %(progress)s::jsonb
+               || pg_catalog.jsonb_build_object('checkpoint_at', clock_timestamp()),
     lease_expires_at = greatest(j.lease_expires_at,
                                 clock_timestamp() + make_interval(secs => %(lease)s))
 FROM durability

@@ -287,7 +287,11 @@ FROM unbroken.jobs WHERE id = %(id)s
 
 -- name: job_reserve_ids
 -- Take `n` job ids from the table's sequence, so a bulk enqueue can COPY rows with known ids.
-SELECT nextval('unbroken.jobs_id_seq'::regclass) FROM generate_series(1, %(n)s)
+-- It also runs on the caller's own connection (enqueue_many(conn=...)), with their
+-- search_path: pg_catalog by name, and an int argument an integer overload cannot outmatch
+-- (psycopg sends a small n as a smallint).
+SELECT pg_catalog.nextval('unbroken.jobs_id_seq'::regclass)
+FROM pg_catalog.generate_series(1, %(n)s::integer)
 
 -- name: job_copy
 -- Bulk enqueue without unique keys: COPY is the fastest way into the table.
