@@ -139,9 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"results so far in {written}")
 
     server: BenchServer | None = None
-    if any(
-        p in wanted for p in ("throughput", "pgqueuer", "floor", "enqueue", "latency", "takeover")
-    ):
+    # chunks too: without a server it would run on the embedded default one (and start it).
+    needs_server = ("throughput", "pgqueuer", "floor", "enqueue", "latency", "takeover", "chunks")
+    if any(p in wanted for p in needs_server):
         server = BenchServer(embedded=args.embedded).start()
         conf = server.settings_report()
         results.section("server", conf)
