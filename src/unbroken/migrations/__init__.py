@@ -65,8 +65,8 @@ def full_schema_sql(schema: str = "unbroken") -> str:
     return render((HERE / "schema.sql").read_text(), schema)
 
 
-def _ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
-    """Create the schema if it is missing; warn when another role owns it.
+def _ensure_schema(conn: psycopg.Connection[Any], schema: str) -> str | None:
+    """Create the schema if it is missing; a warning to log if another role owns it.
 
     Not `CREATE SCHEMA IF NOT EXISTS`: that needs CREATE on the database even when the
     schema exists, which a migrator given only its schema does not have."""
@@ -78,18 +78,14 @@ def _ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     user, owner = row if row is not None else (None, None)
     if owner is None:
         conn.execute(render("CREATE SCHEMA unbroken;", schema).encode())
-    elif owner != user:
-        logger.warning(
-            "schema %r is owned by role %s, not by %s, which migrates it: %s can drop or "
-            "replace every object in it; prefer CREATE SCHEMA %s AUTHORIZATION %s "
-            "(docs/security.md)",
-            schema,
-            owner,
-            user,
-            owner,
-            schema,
-            user,
-        )
+        return None
+    if owner == user:
+        return None
+    return (
+        f"schema {schema!r} is owned by role {owner}, not by {user}, which migrated it: "
+        f"{owner} can drop or replace every object in it; prefer CREATE SCHEMA {schema} "
+        f"AUTHORIZATION {user} (docs/security.md)"
+    )
 
 
 def _bootstrap(schema: str) -> str:
@@ -132,7 +128,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str = "unbroken") -> list[Mig
                 "SELECT pg_catalog.set_config('search_path', %s, true)", [safe_search_path(schema)]
             )
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"unbroken:{schema}"])
-            _ensure_schema(conn, schema)
+            owner_warning = _ensure_schema(conn, schema)
             conn.execute(_bootstrap(schema).encode())
             todo = pending(conn, schema)  # again, under the lock
             for migration in todo:
@@ -156,4 +152,6 @@ def migrate(conn: psycopg.Connection[Any], schema: str = "unbroken") -> list[Mig
             "apply the migrations as the schema's owner (unbroken db migrate, "
             "docs/security.md), then start the workers"
         ) from None
+    if todo and owner_warning is not None:
+        logger.warning("%s", owner_warning)
     return todo
