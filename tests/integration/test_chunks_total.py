@@ -64,6 +64,7 @@ def test_migration_0003_raises_old_totals_to_their_position(database_url: str) -
     of total 1000): 0003 raises that total to 2000 and then adds the CHECK."""
     before = [m for m in migrations.available() if m.version < 3]
     with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA unbroken")  # as migrate() does first (_ensure_schema)
         conn.execute(migrations._bootstrap("unbroken").encode())
         for m in before:
             conn.execute(m.sql("unbroken").encode())
