@@ -193,7 +193,7 @@ def rescued(
     queue: str,
     attempt: int,
     max_attempts: int,
-    state: str,
+    state: JobState,
     worker: str,
 ) -> None:
     """A rescue by the leader; `worker` is the one whose lease ran out."""

@@ -11,6 +11,7 @@
 - `notifier`: the LISTEN connection that wakes the producer, with liveness checks.
 - `elector`: leader election through the database (a term row and the listener's session).
 - `maintenance`: what the leader runs: rescue expired leases, promote due jobs, prune.
+- `rows`: the typed rows these modules fetch.
 
 Everything here is internal; the public name is `unbroken.Worker`.
 """

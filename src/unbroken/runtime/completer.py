@@ -27,6 +27,7 @@ from unbroken.db._async.pool import AsyncRolePool
 from unbroken.db.arrays import claim_array, float_array, int_array, word_array
 from unbroken.db.backoff import Backoff, BackoffPolicy
 from unbroken.db.classify import is_transient
+from unbroken.runtime.rows import FINISHED_JOB
 from unbroken.sql import Queries
 from unbroken.states import JobState, OutcomeKind
 
@@ -190,8 +191,9 @@ class Completer:
         async with self._pool.connection() as conn:
             # Never prepared: a cached generic plan cannot see the arrays' sizes and was
             # measured 20x slower than a fresh plan, which costs well under a millisecond.
-            cur = await conn.execute(self._sql, params, prepare=False)
-            return {row[3]: JobState(row[1]) for row in await cur.fetchall()}
+            cur = conn.cursor(row_factory=FINISHED_JOB)
+            await cur.execute(self._sql, params, prepare=False)
+            return {row.place: row.state for row in await cur.fetchall()}
 
     async def _write_singly(self, batch: list[Outcome]) -> None:
         for outcome in batch:

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 
 from unbroken import telemetry
 from unbroken.db._async.pool import AsyncRolePool
+from unbroken.runtime.rows import LEADER_TERM
 from unbroken.sql import Queries
 
 logger = logging.getLogger("unbroken.elector")
@@ -81,8 +82,9 @@ class Elector:
             "lock_key": self._lock_key(),
         }
         async with self._pool.connection() as conn:
-            row = await (await conn.execute(self._elect, params)).fetchone()
-        leader = row is not None
+            cur = conn.cursor(row_factory=LEADER_TERM)
+            term = await (await cur.execute(self._elect, params)).fetchone()
+        leader = term is not None  # a row only when the term is ours
         if leader != self.is_leader:
             self.is_leader = leader
             logger.info("%s leadership of %r", "took" if leader else "lost", self._name)

@@ -37,6 +37,7 @@ from unbroken.context import JobContext, reset_current_job, set_current_job
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.errors import JobCancelled, LeaseLost, Snooze
 from unbroken.runtime.completer import Completer, Outcome
+from unbroken.runtime.rows import ClaimedJob
 from unbroken.states import OutcomeKind, state_after
 
 if TYPE_CHECKING:
@@ -125,11 +126,10 @@ class Executor:
         return [(job_id, r.ctx.attempt, r.ctx.claim) for job_id, r in self.running.items()]
 
     # --- running jobs ------------------------------------------------------------------------
-    def start(self, row: tuple[Any, ...]) -> None:
-        job_id, queue, task_name, args, attempt, max_attempts, _prio, checkpoint, chunk_size = row[
-            :9
-        ]
-        rescues, run_at, claim = row[9], row[10], row[11]
+    def start(self, job: ClaimedJob, args: dict[str, Any]) -> None:
+        """Run a claimed job; `args` is its payload, decoded by the producer."""
+        job_id, task_name, queue, attempt = job.id, job.task, job.queue, job.attempt
+        max_attempts = job.max_attempts
         ctx = JobContext(
             job_id=job_id,
             attempt=attempt,
@@ -138,10 +138,10 @@ class Executor:
             task=task_name,
             queue=queue,
             args=args,
-            checkpoint=checkpoint,
-            chunk_size=chunk_size,
-            rescues=rescues,
-            claim=claim,
+            checkpoint=job.checkpoint,
+            chunk_size=job.chunk_size,
+            rescues=job.rescues,
+            claim=job.claim,
             settings=self._settings,
             schema=self._settings.schema_name,
             adb=self._adb,
@@ -158,7 +158,7 @@ class Executor:
                 task=task_name,
                 queue=queue,
                 attempt=attempt,
-                wait_s=max(0.0, (datetime.now(UTC) - run_at).total_seconds()),
+                wait_s=max(0.0, (datetime.now(UTC) - job.run_at).total_seconds()),
             )
         if job_id in self.running:
             # Claimed again while an older attempt still runs here: that attempt's lease was

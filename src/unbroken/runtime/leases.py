@@ -22,6 +22,7 @@ from unbroken.db._async.pool import AsyncRolePool
 from unbroken.db.arrays import claim_array, int_array
 from unbroken.runtime.completer import Completer
 from unbroken.runtime.executor import Executor
+from unbroken.runtime.rows import RENEWED_LEASE
 from unbroken.sql import Queries
 
 logger = logging.getLogger("unbroken.leases")
@@ -87,16 +88,17 @@ class LeaseKeeper:
             "worker_id": self._worker_id,
         }
         async with self._pool.connection() as conn:
-            cur = await conn.execute(self._renew, params, prepare=False)
+            cur = conn.cursor(row_factory=RENEWED_LEASE)
+            await cur.execute(self._renew, params, prepare=False)
             rows = await cur.fetchall()
         self.renewals += 1
         telemetry.emit(
             "batch.flushed", kind="lease", size=len(held), duration_s=time.monotonic() - started
         )
-        renewed = {row[0] for row in rows}
-        for job_id, cancel_requested in rows:
-            if cancel_requested:
-                self._executor.mark_cancel_requested(job_id)
+        renewed = {row.id for row in rows}
+        for row in rows:
+            if row.cancel_requested:
+                self._executor.mark_cancel_requested(row.id)
         for job_id, _, claim in running:
             # Only a job still running here under the same claim can have lost its lease.
             current = self._executor.running.get(job_id)

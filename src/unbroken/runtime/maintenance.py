@@ -18,6 +18,7 @@ from typing import Any
 
 from unbroken import logs, telemetry
 from unbroken.db._async.pool import AsyncRolePool
+from unbroken.runtime.rows import PROMOTED_QUEUE, RESCUED_JOB
 from unbroken.sql import Queries
 
 logger = logging.getLogger("unbroken.maintenance")
@@ -59,14 +60,15 @@ class Maintenance:
 
     async def rescue(self) -> int:
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
+            cur = conn.cursor(row_factory=RESCUED_JOB)
+            await cur.execute(
                 self._q["job_rescue_expired"],
                 {"limit": BATCH, "restart_grace": self._settings.lease_seconds},
             )
             rows = await cur.fetchall()
-        for job_id, state, worker, task, queue, attempt, max_attempts in (r[:7] for r in rows):
-            logs.rescued(job_id, task, queue, attempt, max_attempts, state, worker)
-            telemetry.emit("job.rescued", job_id=job_id, worker_id=worker, state=state)
+        for r in rows:
+            logs.rescued(r.id, r.task, r.queue, r.attempt, r.max_attempts, r.state, r.worker_id)
+            telemetry.emit("job.rescued", job_id=r.id, worker_id=r.worker_id, state=r.state)
         self.rescued += len(rows)
         if rows:
             await self.promote()  # rescued jobs are due now: make them available at once
@@ -74,12 +76,13 @@ class Maintenance:
 
     async def promote(self) -> int:
         async with self._pool.connection() as conn:
-            cur = await conn.execute(self._q["job_promote_due"], {"limit": BATCH})
+            cur = conn.cursor(row_factory=PROMOTED_QUEUE)
+            await cur.execute(self._q["job_promote_due"], {"limit": BATCH})
             rows = await cur.fetchall()
         count = 0
-        for queue, jobs, _ in rows:
-            count += jobs
-            telemetry.emit("job.promoted", queue=queue, count=jobs)
+        for row in rows:
+            count += row.jobs
+            telemetry.emit("job.promoted", queue=row.queue, count=row.jobs)
         self.promoted += count
         return count
 
