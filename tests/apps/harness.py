@@ -275,6 +275,9 @@ class WorkerProcess:
         self._log.close()
 
 
+StartWorker = Callable[..., WorkerProcess]
+
+
 @contextlib.contextmanager
 def worker_processes(
     url: str, log_dir: Path, app_ref: str = APP_REF, **defaults: Any

@@ -15,16 +15,12 @@ from __future__ import annotations
 import json
 import re
 import signal
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from apps.harness import Probe, WorkerProcess, insert_jobs, wait_until, worker_processes
-from unbroken import migrations
+from apps.harness import Probe, StartWorker, WorkerProcess, insert_jobs, wait_until
 
 FAST = {
     "lease_seconds": 3.0,
@@ -33,28 +29,11 @@ FAST = {
     "poll_interval": 0.2,
     "heartbeat_interval": 0.5,
 }
-StartWorker = Callable[..., WorkerProcess]
 # Every JSON line has these keys, null where they do not apply (README, "Logging").
 JSON_KEYS = {
     "ts", "level", "logger", "event", "message", "job_id", "task", "queue", "attempt",
     "max_attempts", "state", "reason", "error", "delay", "worker",
 }  # fmt: skip
-
-
-@pytest.fixture
-def probe(database_url: str) -> Iterator[Probe]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        migrations.migrate(conn)
-    probe = Probe(database_url)
-    probe.create_executions()
-    yield probe
-    probe.close()
-
-
-@pytest.fixture
-def workers(database_url: str, tmp_path: Path) -> Iterator[StartWorker]:
-    with worker_processes(database_url, tmp_path) as start:
-        yield start
 
 
 @dataclass

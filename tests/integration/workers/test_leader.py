@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import secrets
 import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from apps.harness import Probe, WorkerProcess, insert_jobs, wait_until, worker_processes
+from apps.harness import (
+    Probe,
+    StartWorker,
+    WorkerProcess,
+    insert_jobs,
+    wait_until,
+)
 from unbroken import migrations
 from unbroken.sql import queries
 
@@ -32,24 +36,7 @@ SETTINGS = {
     "promote_interval": 0.2,
     "poll_interval": 0.5,
 }
-StartWorker = Callable[..., WorkerProcess]
 NAME = "maintenance"
-
-
-@pytest.fixture
-def probe(database_url: str) -> Iterator[Probe]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        migrations.migrate(conn)
-    probe = Probe(database_url)
-    probe.create_executions()
-    yield probe
-    probe.close()
-
-
-@pytest.fixture
-def workers(database_url: str, tmp_path: Path) -> Iterator[StartWorker]:
-    with worker_processes(database_url, tmp_path) as start:
-        yield start
 
 
 def leader_row(probe: Probe) -> dict[str, Any] | None:

@@ -8,38 +8,26 @@ Each test stops the session server for real (`faults`); nothing is mocked.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from apps.harness import Probe, WorkerProcess, insert_jobs, wait_until, worker_processes
 from pg import Faults
-from unbroken import App, migrations
-
-
-@pytest.fixture
-def migrated(database_url: str) -> Iterator[Probe]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        migrations.migrate(conn)
-    probe = Probe(database_url)
-    probe.create_executions()
-    yield probe
-    probe.close()
+from unbroken import App
 
 
 def test_a_worker_started_while_the_database_is_down_waits_for_it_and_runs(
-    migrated: Probe, faults: Faults, database_url: str, tmp_path: Path
+    probe: Probe, faults: Faults, database_url: str, tmp_path: Path
 ) -> None:
-    job_id = insert_jobs(migrated, "record")[0]
+    job_id = insert_jobs(probe, "record")[0]
     faults.stop_for_in_background(4.0)  # down now, back in 4 s
     with worker_processes(database_url, tmp_path, startup_wait=60) as start:
         worker = start("patient")
 
         def ran() -> bool:
             assert worker.alive(), f"the worker exited:\n{worker.log()[-3000:]}"
-            return bool(migrated.state(job_id) == "succeeded")
+            return bool(probe.state(job_id) == "succeeded")
 
         wait_until(ran, timeout=60, what="the job to succeed once the server is back")
         assert "Traceback" not in worker.log(), worker.log()
@@ -48,7 +36,7 @@ def test_a_worker_started_while_the_database_is_down_waits_for_it_and_runs(
 
 
 def test_a_worker_whose_database_stays_down_exits_3_with_one_line(
-    migrated: Probe, faults: Faults, database_url: str, tmp_path: Path
+    probe: Probe, faults: Faults, database_url: str, tmp_path: Path
 ) -> None:
     faults.stop()
     with worker_processes(database_url, tmp_path, startup_wait=2) as start:

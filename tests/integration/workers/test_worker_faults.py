@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 
-from apps.harness import Probe, WorkerProcess, insert_jobs, wait_until, worker_processes
+from apps.harness import Probe, StartWorker, WorkerProcess, insert_jobs, wait_until
 from pg import Faults, durable_commits
-from unbroken import migrations
 
 LEASE = 3.0
 RESCUE = 1.0
@@ -33,24 +29,6 @@ FAST = {
     "promote_interval": 0.2,
     "poll_interval": 0.5,
 }
-
-StartWorker = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def probe(database_url: str) -> Iterator[Probe]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        migrations.migrate(conn)
-    probe = Probe(database_url)
-    probe.create_executions()
-    yield probe
-    probe.close()
-
-
-@pytest.fixture
-def workers(database_url: str, tmp_path: Path) -> Iterator[StartWorker]:
-    with worker_processes(database_url, tmp_path) as start:
-        yield start
 
 
 def started_by(probe: Probe, job_id: int, worker: WorkerProcess) -> bool:
