@@ -101,3 +101,23 @@ def test_watch_follows_a_job_until_it_finishes(database_url: str, seeded: Seeded
     assert last["progress"]["processed"] == 1000
     dead = cli(database_url, "jobs", "watch", str(seeded.dead_hostile))
     assert dead.returncode == 1
+
+
+def test_task_filter_takes_the_short_name(database_url: str, seeded: Seeded) -> None:
+    # As `unbroken enqueue` does: `issues` names `sync.issues` when no task is called `issues`.
+    short = cli_json(database_url, "jobs", "ls", "--task", "issues", "--state", "dead")
+    assert {j["id"] for j in short["jobs"]} == set(seeded.dead_http)
+    assert short["filter"] == "state=dead task=sync.issues"
+    retried = cli_json(database_url, "jobs", "retry", "--task", "issues", "--yes")
+    assert retried["ids"] == sorted(seeded.dead_http)
+    # Two tasks end in `.send`: the short name is refused with both names, nothing is done.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO unbroken.jobs (queue, task, args) VALUES ('x', 'sms.send', '[]')")
+    for command in (("jobs", "ls"), ("jobs", "cancel", "--yes"), ("dlq", "ls")):
+        ambiguous = cli(database_url, *command, "--task", "send")
+        assert ambiguous.returncode == 2, command
+        assert "emails.send, sms.send" in ambiguous.stderr
+    assert state_of(database_url, seeded.scheduled) == "scheduled"
+    # A full name is taken as it is, even when it is also the end of another task's name.
+    full = cli_json(database_url, "jobs", "ls", "--task", "sms.send")
+    assert [j["task"] for j in full["jobs"]] == ["sms.send"]

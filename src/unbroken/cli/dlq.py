@@ -48,6 +48,7 @@ def dlq_ls(
 ) -> None:
     """Dead jobs grouped by queue, task, error type and message, largest group first."""
     with open_store() as store:
+        task = store.resolve_task(task)
         groups = store.dead_letter_groups(queue=queue, task=task, limit=limit)
     if as_json:
         emit_json({"groups": groups, "jobs": sum(g.jobs for g in groups)})
@@ -99,6 +100,7 @@ def dlq_retry(
     """Retry dead letters: the jobs of one or more groups, or all of them."""
     targets = _dlq_targets(keys or [], every, queue, task)
     with open_store() as store:
+        task = store.resolve_task(task)
         count = sum(store.dead_letter_count(k, queue=queue, task=task) for k in targets)
         if count:
             confirm(f"Retry {count} dead job(s)?", yes)
@@ -134,6 +136,7 @@ def dlq_purge(
     age = parse_duration(older_than) if older_than else None
     targets = _dlq_targets(keys or [], every or age is not None, queue, task)
     with open_store() as store:
+        task = store.resolve_task(task)
         count = sum(
             store.dead_letter_count(k, queue=queue, task=task, older_than=age) for k in targets
         )

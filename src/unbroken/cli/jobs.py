@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated
 
@@ -86,6 +86,7 @@ def jobs_ls(
     """List jobs, newest first, filtered by state, queue, task, age or arguments."""
     flt = _filter(state, queue, task, older_than, args)
     with open_store() as store:
+        flt = replace(flt, task=store.resolve_task(flt.task))
         rows = store.job_list(flt, limit=limit, before_id=before)
         totals = store.state_totals() if not as_json else {}
     if as_json:
@@ -293,6 +294,7 @@ class BulkAction:
             if ids:
                 done = self.by_ids(store, ids)
                 return BulkResult(len(ids), len(done), done)
+            flt = replace(flt, task=store.resolve_task(flt.task))
             scoped = flt.restricted_to(self.states)
             count = store.job_count(scoped)
             if count == 0:

@@ -56,7 +56,12 @@ STATE_STYLE = {
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 QueueOpt = Annotated[str | None, typer.Option("--queue", "-q", help="Only this queue.")]
-TaskOpt = Annotated[str | None, typer.Option("--task", "-t", help="Only this task.")]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--task", "-t", help="Only this task: its full name, or the end after a dot (send_welcome)."
+    ),
+]
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from psycopg.rows import RowFactory, class_row, kwargs_row, scalar_row
 from psycopg.types.json import set_json_loads
 
 from unbroken.db._sync.pool import RolePool
+from unbroken.errors import ConfigError
 from unbroken.ops.filters import JobFilter
 from unbroken.ops.format import lenient_loads
 from unbroken.ops.rows import (
@@ -127,6 +128,26 @@ class OperatorStore:
     def job_count(self, flt: JobFilter) -> int:
         count: int = self._one("job_count_matching", scalar_row, flt.params())
         return count
+
+    def task_names(self, name: str) -> list[str]:
+        """Tasks with jobs that `name` may mean: itself, or those ending in `.name` (sorted)."""
+        return self._rows("task_names_matching", scalar_row, {"name": name})
+
+    def resolve_task(self, name: str | None) -> str | None:
+        """The full task name an operator's `--task` means, as `unbroken enqueue` resolves it:
+        the exact name when a job has it, else the one task whose name ends in `.name`.
+
+        A name no job has is returned as given (it matches nothing); a short name that ends
+        several tasks' names is a ConfigError that lists them.
+        """
+        if name is None:
+            return None
+        found = self.task_names(name)
+        if name in found or not found:
+            return name
+        if len(found) == 1:
+            return found[0]
+        raise ConfigError(f"task {name!r} is ambiguous: {', '.join(found)}; give the full name")
 
     def job_get(self, job_id: int) -> JobDetail | None:
         with self._conn() as conn:

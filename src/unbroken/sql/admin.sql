@@ -47,6 +47,15 @@ WHERE ({job_filter})
 ORDER BY id
 LIMIT %(limit)s
 
+-- name: task_names_matching
+-- The tasks a name typed by an operator may mean: the task of that exact name, or every task whose name ends in '.' and it (`send_welcome` for `myapp.mail.send_welcome`), as `unbroken enqueue` resolves a name in the app's registry; the store has no app, so it asks the jobs. `right()` rather than LIKE: task names hold `_`, a LIKE wildcard.
+SELECT DISTINCT task
+FROM unbroken.jobs
+WHERE task = %(name)s::text
+   OR right(task, length(%(name)s::text) + 1) = '.' || %(name)s::text
+ORDER BY task
+LIMIT 20
+
 -- name: job_delete_many
 -- Delete finished jobs in the given states (never a waiting or running one); returns the ids deleted.
 DELETE FROM unbroken.jobs
