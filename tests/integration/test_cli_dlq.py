@@ -17,4 +17,13 @@ def test_dead_letters(database_url: str, seeded: Seeded) -> None:
     purged = cli_json(database_url, "dlq", "purge", "--all", "--yes")
     assert purged["ids"] == [seeded.dead_hostile]
     assert state_of(database_url, seeded.dead_hostile) is None
-    assert cli_json(database_url, "dlq", "ls") == {"groups": [], "jobs": 0}
+    assert cli_json(database_url, "dlq", "ls") == {"groups": [], "jobs": 0, "matching": 0}
+
+
+def test_filtered_dead_letters_count_what_matches(database_url: str, seeded: Seeded) -> None:
+    one = cli_json(database_url, "dlq", "ls", "--limit", "1")
+    assert (len(one["groups"]), one["matching"]) == (1, 4)
+    table = cli(database_url, "dlq", "ls", "--limit", "1")
+    assert "showing 3 of 4 dead job(s) (the largest group; --limit for more)" in table.stdout
+    etl = cli(database_url, "dlq", "ls", "--queue", "etl")
+    assert "3 dead job(s) matching queue=etl" in etl.stdout

@@ -121,3 +121,14 @@ def test_task_filter_takes_the_short_name(database_url: str, seeded: Seeded) -> 
     # A full name is taken as it is, even when it is also the end of another task's name.
     full = cli_json(database_url, "jobs", "ls", "--task", "sms.send")
     assert [j["task"] for j in full["jobs"]] == ["sms.send"]
+
+
+def test_filtered_list_counts_what_matches(database_url: str, seeded: Seeded) -> None:
+    every = cli_json(database_url, "jobs", "ls", "--task", "emails.send")
+    matching = len(every["jobs"])
+    assert every["matching"] == matching > 2
+    page = cli_json(database_url, "jobs", "ls", "--task", "emails.send", "--limit", "2")
+    assert (len(page["jobs"]), page["matching"]) == (2, matching)
+    table = cli(database_url, "jobs", "ls", "--task", "emails.send", "--limit", "2")
+    # The first line counts the filter's jobs, not the whole table's by state.
+    assert table.stdout.splitlines()[0] == f"showing 2 of {matching} matching task=emails.send"

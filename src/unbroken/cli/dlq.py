@@ -50,12 +50,23 @@ def dlq_ls(
     with open_store() as store:
         task = store.resolve_task(task)
         groups = store.dead_letter_groups(queue=queue, task=task, limit=limit)
-    if as_json:
-        emit_json({"groups": groups, "jobs": sum(g.jobs for g in groups)})
+        matching = store.dead_letter_count(queue=queue, task=task)
+    shown = sum(g.jobs for g in groups)
+    if as_json:  # jobs: in the groups shown; matching: every dead job the filters match
+        emit_json({"groups": groups, "jobs": shown, "matching": matching})
         return
+    what = " ".join(f"{k}={v}" for k, v in (("queue", queue), ("task", task)) if v)
+    what = f" matching {escape(what)}" if what else ""
     if not groups:
-        console.print("no dead letters")
+        console.print(f"no dead letters{what}")
         return
+    if shown < matching:
+        largest = "the largest group" if len(groups) == 1 else f"the {len(groups)} largest groups"
+        console.print(
+            f"showing {shown:,} of {matching:,} dead job(s){what} ({largest}; --limit for more)"
+        )
+    else:
+        console.print(f"{matching:,} dead job(s){what}")
     table = Table(title="dead letters by error", title_justify="left")
     table.add_column("key")
     table.add_column("jobs", justify="right")

@@ -88,13 +88,18 @@ def jobs_ls(
     with open_store() as store:
         flt = replace(flt, task=store.resolve_task(flt.task))
         rows = store.job_list(flt, limit=limit, before_id=before)
-        totals = store.state_totals() if not as_json else {}
+        filtered = flt != JobFilter()
+        matching = store.job_count(flt) if filtered or as_json else 0
+        totals = store.state_totals() if not filtered and not as_json else {}
     if as_json:
-        emit_json({"filter": flt.describe(), "jobs": rows})
+        emit_json({"filter": flt.describe(), "matching": matching, "jobs": rows})
         return
-    console.print(
-        "  ".join(f"{styled(s)} {totals[s]}" for s in STATE_STYLE if s in totals) or "no jobs"
-    )
+    if filtered:  # what the filter matches, not the whole table's totals
+        console.print(f"showing {len(rows):,} of {matching:,} matching {escape(flt.describe())}")
+    else:
+        console.print(
+            "  ".join(f"{styled(s)} {totals[s]:,}" for s in STATE_STYLE if s in totals) or "no jobs"
+        )
     table = Table(title=f"jobs: {escape(flt.describe())}", title_justify="left", expand=False)
     for col in ("id", "state", "queue", "task", "try", "age"):
         table.add_column(col, justify="right" if col in ("id", "try", "age") else "left")
