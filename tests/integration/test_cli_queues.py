@@ -18,3 +18,15 @@ def test_queues_pause_and_resume(database_url: str, seeded: Seeded) -> None:
     assert queues["reports"]["paused"] is False
     table = cli(database_url, "queues")
     assert "(paused)" in table.stdout
+
+
+def test_pausing_a_queue_nothing_uses_warns(database_url: str, seeded: Seeded) -> None:
+    typo = cli(database_url, "queues", "pause", "eetl", "--json")
+    assert typo.returncode == 0  # paused all the same: a queue may be paused before its first job
+    assert typo.stderr.count("\n") == 1
+    assert "queue 'eetl' has no jobs and no worker fetches from it" in typo.stderr
+    assert "known: default, etl, reports" in typo.stderr
+    queues = {q["name"]: q for q in cli_json(database_url, "queues")["queues"]}
+    assert queues["eetl"]["paused"] is True
+    known = cli(database_url, "queues", "pause", "etl")
+    assert (known.returncode, known.stderr) == (0, "")

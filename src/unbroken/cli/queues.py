@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from unbroken.cli.output import JsonOpt, console, emit_json, open_store
+from unbroken.cli.output import JsonOpt, console, emit_json, err, open_store
 from unbroken.ops.format import format_age
 
 queues_app = typer.Typer(help="Queues: backlog by priority, oldest waiting job; pause, resume.")
@@ -73,7 +73,17 @@ def queues(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def _set_paused(name: str, paused: bool, as_json: bool) -> None:
+    """Pause or resume; a queue nothing has used is likely a typo: one warning line on stderr,
+    and the pause is kept all the same (a queue may be paused before its first job)."""
     with open_store() as store:
+        if not store.queue_in_use(name):
+            known = ", ".join(q.name for q in store.queue_list()) or "none yet"
+            err.print(
+                f"[yellow]warning:[/] queue {escape(repr(name))} has no jobs and no worker "
+                f"fetches from it: {'paused' if paused else 'resumed'} all the same "
+                f"(known: {escape(known)})",
+                soft_wrap=True,
+            )
         store.queue_set_paused(name, paused)
     if as_json:
         emit_json({"queue": name, "paused": paused})

@@ -214,6 +214,11 @@ class OperatorStore:
     def queue_list(self) -> list[QueueInfo]:
         return self._rows("queue_list", kwargs_row(QueueInfo.from_row))
 
+    def queue_in_use(self, name: str) -> bool:
+        """Whether a job, a worker or an earlier pause or resume ever named this queue."""
+        in_use: bool = self._one("queue_in_use", scalar_row, {"name": name})
+        return in_use
+
     def queue_set_paused(self, name: str, paused: bool) -> None:
         with self._conn() as conn:
             conn.execute(

@@ -128,6 +128,12 @@ FULL JOIN unbroken.queues AS q ON q.name = c.queue
 LEFT JOIN backlogs AS b ON b.queue = coalesce(c.queue, q.name)
 ORDER BY 1
 
+-- name: queue_in_use
+-- Whether anything uses a queue: a job in it (any state), a worker that fetches from it, or a row in unbroken.queues (it was paused or resumed before); what `unbroken queues pause` checks to warn about a mistyped name.
+SELECT EXISTS (SELECT FROM unbroken.jobs WHERE queue = %(name)s::text)
+    OR EXISTS (SELECT FROM unbroken.workers WHERE %(name)s::text = ANY(queues))
+    OR EXISTS (SELECT FROM unbroken.queues WHERE name = %(name)s::text) AS in_use
+
 -- name: dead_letter_groups
 -- Dead jobs grouped by queue, task, error type and message, largest group first; `key` names a group for retry and purge.
 WITH dead AS (
