@@ -95,3 +95,24 @@ def test_version_prints_the_installed_version() -> None:
     result = run("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"unbroken {importlib.metadata.version('unbroken')}"
+
+
+@pytest.mark.parametrize(
+    ("args_json", "expected"),
+    [
+        ('["X", "Y"]', "arguments do not fit its signature: too many positional arguments"),
+        ('{"nope": 1}', "arguments do not fit its signature: missing a required argument"),
+        ('{"project": "X", "nope": 1}', "got an unexpected keyword argument 'nope'"),
+    ],
+)
+def test_enqueue_arguments_that_do_not_fit_are_bad_input(args_json: str, expected: str) -> None:
+    """Checked against the task's signature before any database is reached (the one given
+    here does not answer): one line, exit code 2."""
+    url = f"postgresql://nobody@127.0.0.1:{closed_port()}/none"
+    command = ["enqueue", "sync_issues", args_json, "--app", "unbroken.demo.app:app"]
+    result = run_within(15, *command, UNBROKEN_DATABASE_URL=url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "task unbroken.demo.app.sync_issues: " in lines[0]
+    assert expected in lines[0]

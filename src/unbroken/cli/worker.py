@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from unbroken.app import App
-from unbroken.errors import ConfigError
+from unbroken.errors import ConfigError, EnqueueError
 
 
 def register(app: typer.Typer) -> None:
@@ -116,7 +116,12 @@ def enqueue(
         args, kwargs = [], parsed
     else:
         raise ConfigError("ARGS_JSON: must be a JSON list or object")
-    job_id = found.using(queue=queue, priority=priority, delay=delay).enqueue(*args, **kwargs)
+    placed = found.using(queue=queue, priority=priority, delay=delay)
+    try:  # the checks enqueue makes (signature, JSON, size, names), before any connection
+        placed.job(*args, **kwargs)
+    except EnqueueError as exc:
+        raise ConfigError(str(exc)) from None  # bad input: exit code 2, not 1
+    job_id = placed.enqueue(*args, **kwargs)
     the_app.close()
     if as_json:
         typer.echo(json.dumps({"id": job_id, "task": found.name}))
