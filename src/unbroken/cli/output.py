@@ -1,7 +1,7 @@
 """What the operator commands (`jobs`, `dlq`, `queues`, `stats`, `stuck`, `workers`, `health`)
 share: the store they open, their common options, and how they show results.
 
-Every command has `--json` (one JSON document on stdout; `jobs watch --json` prints one per
+Each of them has `--json` (one JSON document on stdout; `jobs watch --json` prints one per
 line) for scripts, and a rich table otherwise. Bulk actions over a filter say how many jobs
 they will touch and ask first, or take `--yes`; without a terminal to ask on they refuse.
 Status lines and progress go to stderr, so stdout stays clean for pipes. Values are
