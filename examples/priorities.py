@@ -1,4 +1,4 @@
-"""Seed 001's priority rule as a function of the task's arguments.
+"""A priority rule as a function of the task's arguments.
 
 Manual triggers first, then small repositories and recent ranges; larger runs first.
 Run as a script (module `__main__`), so the task is named explicitly (README, "Task names").

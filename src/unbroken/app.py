@@ -57,7 +57,7 @@ R = TypeVar("R")
 logger = logging.getLogger("unbroken")
 
 # Job retries: first retry after ~2 s, doubling up to an hour, spread by jitter so a
-# failing dependency is not hit by every job at the same instant (seed 001).
+# failing dependency is not hit by every job at the same instant.
 DEFAULT_RETRY = BackoffPolicy(base=2.0, cap=3600.0, multiplier=2.0, jitter=0.5)
 
 

@@ -3,7 +3,7 @@
 Both are off unless their package is installed *and* configured by the application:
 - Sentry: `sentry_sdk.init(...)` was called (an active client). Every failed attempt
   (outcome failed, dead, timeout or unknown_task) becomes one event tagged with task, job
-  id, attempt and queue, the context seed 001's team added by hand.
+  id, attempt and queue, the context teams otherwise add to each event by hand.
 - OpenTelemetry: a real TracerProvider is set (not the API's default no-op proxy). Every
   attempt becomes one span `unbroken.job <task>` from job.started to job.finished, with the
   outcome as its status. The span is not made current inside the task (the events are

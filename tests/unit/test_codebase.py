@@ -52,3 +52,22 @@ def test_render_refuses_an_unsafe_schema_name() -> None:
 
     with pytest.raises(MigrationError):
         render("SELECT 1", 'x"; DROP TABLE jobs; --')
+
+
+def test_user_facing_text_has_no_internal_references() -> None:
+    """The README, docs, CHANGELOG, examples and the package's comments say what happened
+    ("a Jira sync that ran 30,000 records in one transaction"), never which internal case
+    or ticket it came from ("seed 000", "issue 11")."""
+    import re
+
+    jargon = re.compile(r"\bseeds? \d{3}\b|\bissues? #?\d+\b|\(#\d+\)", re.IGNORECASE)
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").glob("*.md")]
+    files += [*(ROOT / "examples").rglob("*.py"), *(ROOT / "src/unbroken").rglob("*.py")]
+    files += [*(ROOT / "src/unbroken").rglob("*.sql")]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in files
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if jargon.search(line)
+    ]
+    assert not found, "\n".join(found)

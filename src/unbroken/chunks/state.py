@@ -472,7 +472,7 @@ class ChunkRun(Generic[T]):
     def _past_cursorless_page(self) -> bool:
         """The full chunk ends with a page that has no next cursor (as APIs end their last
         page): its checkpoint, None, would send a resumed run back to the source's start.
-        So read one more page before committing (issue 11): the source usually ends there,
+        So read one more page before committing: the source usually ends there,
         and the chunk then commits `done` and a resumed run reads nothing again. A page
         that does follow waits for the next chunk, and the checkpoint stays None (resumed:
         the source's start, `position` items skipped) unless that page is empty."""

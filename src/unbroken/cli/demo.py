@@ -1,4 +1,4 @@
-"""`unbroken demo`: the Jira-like ETL of seed 000, with live progress and optional chaos."""
+"""`unbroken demo`: a Jira-like ETL of 30,000 issues, with live progress and optional chaos."""
 
 from __future__ import annotations
 

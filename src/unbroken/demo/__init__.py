@@ -1,1 +1,1 @@
-"""The `make demo` workload: seed 000's Jira sync, done so that it cannot lose work."""
+"""The `make demo` workload: a 30-minute Jira sync, done so that it cannot lose work."""

@@ -1,7 +1,7 @@
 """A synthetic Jira: 30,000 issues and 45,000 changelogs behind a slow, paginated API.
 
 Pages hold 100 items (Jira's maximum) and each costs a few milliseconds of latency, like
-the real API seed 000 read for 30 minutes. Content is a pure function of the position, so
+the real API a 30-minute sync reads. Content is a pure function of the position, so
 a resumed sync sees exactly what the first one saw and the final counts can be checked.
 """
 

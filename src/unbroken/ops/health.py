@@ -1,6 +1,6 @@
 """Health: one score from 0 to 100 with the reasons behind it, and probe forms.
 
-The checks read what seed 001's and 004's teams had to dig out of logs by hand:
+The checks read what operators otherwise dig out of logs by hand:
 
 | check        | warn when                                 | critical when                      |
 |--------------|-------------------------------------------|------------------------------------|

@@ -1,6 +1,6 @@
 """The completer: job outcomes are buffered and written as one statement per batch.
 
-Seed 004 opened a connection per status update and drowned its database. Here an outcome
+A connection per status update can drown a database under load. Here an outcome
 goes into a bounded buffer; a batch is written when it reaches `batch_size` or when its
 oldest outcome has waited `batch_interval`, as one `job_finish_many` statement on one
 pooled connection. When the database is away, the batch is retried with backoff and the

@@ -238,7 +238,7 @@ LEFT JOIN counted AS c ON c.at = b.at
 ORDER BY b.at
 
 -- name: job_list_stuck
--- Running jobs whose lease ran out (their worker stopped renewing it) or that have run longer than `longer_than` seconds (seed 001's debugging queries).
+-- Running jobs whose lease ran out (their worker stopped renewing it) or that have run longer than `longer_than` seconds (what operators otherwise dig out with hand-written queries).
 SELECT j.id, j.queue, j.task, j.attempt, j.max_attempts, j.worker_id, j.attempted_at,
        j.lease_expires_at, j.progress,
        extract(epoch FROM now() - j.attempted_at)::float8 AS running_s,

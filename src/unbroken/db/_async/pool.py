@@ -9,7 +9,7 @@ What this adds to psycopg_pool (which does the pooling itself):
   connection-class error every idle connection is checked at once (`flush`), so a server
   restart costs one round of reconnects, not one failed checkout per stale connection;
 - a connection always goes back idle: one returned inside a transaction is rolled back
-  and the caller is named in a WARNING (seed 002's INTRANS connections);
+  and the caller is named in a WARNING (no connection is left idle in a transaction);
 - `transaction()` commits on success and rolls back on any exception;
 - `run(fn)` is a unit of work: `fn(conn)` in a transaction, retried on a fresh
   connection with backoff when the error is transient;
