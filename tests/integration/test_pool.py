@@ -11,9 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import AsyncConnection, Connection
-from psycopg_pool import PoolTimeout
+from psycopg_pool import PoolClosed, PoolTimeout
 
 from pg import Faults
+from unbroken import App
 from unbroken.db._async.pool import AsyncDatabase
 from unbroken.db._sync.pool import Database, RolePool
 from unbroken.errors import DatabaseUnavailable, StatementDeadline, UnitOfWorkFailed
@@ -392,3 +393,38 @@ def test_async_callers_waiting_through_a_7_s_outage_are_served_when_it_ends(
             await db.close()
 
     assert asyncio.run(main()) == [(1,), (2,)]
+
+
+def test_a_pool_handed_out_after_the_database_opened_opens_on_first_use(
+    database_url: str,
+) -> None:
+    """`app.database().pool("metrics")` (docs/metrics.md) is a new role on an open Database:
+    its first use opens it, rather than raising PoolClosed; one closed stays closed."""
+    app = App(database_url=database_url)
+    try:
+        pool = app.database().pool("metrics")
+        assert pool.run(lambda conn: conn.execute("SELECT 1").fetchone(), transaction=False) == (1,)
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        app.close()
+    with pytest.raises(PoolClosed), pool.connection():
+        pass
+
+
+def test_an_async_pool_handed_out_after_the_database_opened_opens_on_first_use(
+    database_url: str,
+) -> None:
+    async def main() -> None:
+        app = App(database_url=database_url)
+        try:
+            pool = (await app.adatabase()).pool("metrics")
+            async with pool.connection() as conn:
+                assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+        finally:
+            await app.aclose()
+        with pytest.raises(PoolClosed):
+            async with pool.connection():
+                pass
+
+    asyncio.run(main())

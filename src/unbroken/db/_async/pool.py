@@ -102,6 +102,7 @@ class AsyncRolePool:
         self._conninfo = conninfo
         self._flushes = 0
         self._dirty_returns = 0
+        self._opened = False  # once opened, a closed pool stays closed (PoolClosed)
         self._on_connect = session_statement(settings, role=role)
         self._per_transaction = transaction_statement(settings, role=role)
         self._pool = AsyncSteadyPool(
@@ -129,7 +130,11 @@ class AsyncRolePool:
     async def open(self) -> None:
         """Wait until the server answers (with backoff), then open the pool."""
         await wait_until_reachable(self._conninfo, self.settings)
+        await self._start()
+
+    async def _start(self) -> None:
         await self._pool.open(wait=False)
+        self._opened = True
 
     async def close(self) -> None:
         await self._pool.close()
@@ -203,6 +208,10 @@ class AsyncRolePool:
                 await asleep(delay)
 
     async def _checkout(self) -> AsyncConnection[Any]:
+        if not self._opened:
+            # A pool handed out before anyone opened it (a role added to an open Database:
+            # `app.database().pool("metrics")`) opens on first use, like the App's own.
+            await self.open()
         deadline = time.monotonic() + self.settings.pool_acquire_timeout
         while True:
             conn = await self._pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
@@ -302,7 +311,8 @@ class AsyncDatabase:
     def pool(
         self, role: str = "default", *, min_size: int | None = None, max_size: int | None = None
     ) -> AsyncRolePool:
-        """The pool for `role`, created (closed) on first use with its own size limits."""
+        """The pool for `role`, created on first use with its own size limits; `open()`
+        opens it, or else its first checkout does."""
         existing = self._pools.get(role)
         if existing is None:
             existing = AsyncRolePool(
@@ -315,7 +325,7 @@ class AsyncDatabase:
         """Wait for the server once, then open the named pools (all created ones if none)."""
         await wait_until_reachable(self.conninfo, self.settings)
         for role in roles or tuple(self._pools):
-            await self.pool(role)._pool.open(wait=False)
+            await self.pool(role)._start()
 
     async def close(self) -> None:
         for pool in self._pools.values():

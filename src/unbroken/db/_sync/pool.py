@@ -101,6 +101,7 @@ class RolePool:
         self._conninfo = conninfo
         self._flushes = 0
         self._dirty_returns = 0
+        self._opened = False  # once opened, a closed pool stays closed (PoolClosed)
         self._on_connect = session_statement(settings, role=role)
         self._per_transaction = transaction_statement(settings, role=role)
         self._pool = SteadyPool(
@@ -128,7 +129,11 @@ class RolePool:
     def open(self) -> None:
         """Wait until the server answers (with backoff), then open the pool."""
         wait_until_reachable(self._conninfo, self.settings)
+        self._start()
+
+    def _start(self) -> None:
         self._pool.open(wait=False)
+        self._opened = True
 
     def close(self) -> None:
         self._pool.close()
@@ -202,6 +207,10 @@ class RolePool:
                 sleep(delay)
 
     def _checkout(self) -> Connection[Any]:
+        if not self._opened:
+            # A pool handed out before anyone opened it (a role added to an open Database:
+            # `app.database().pool("metrics")`) opens on first use, like the App's own.
+            self.open()
         deadline = time.monotonic() + self.settings.pool_acquire_timeout
         while True:
             conn = self._pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
@@ -301,7 +310,8 @@ class Database:
     def pool(
         self, role: str = "default", *, min_size: int | None = None, max_size: int | None = None
     ) -> RolePool:
-        """The pool for `role`, created (closed) on first use with its own size limits."""
+        """The pool for `role`, created on first use with its own size limits; `open()`
+        opens it, or else its first checkout does."""
         existing = self._pools.get(role)
         if existing is None:
             existing = RolePool(
@@ -314,7 +324,7 @@ class Database:
         """Wait for the server once, then open the named pools (all created ones if none)."""
         wait_until_reachable(self.conninfo, self.settings)
         for role in roles or tuple(self._pools):
-            self.pool(role)._pool.open(wait=False)
+            self.pool(role)._start()
 
     def close(self) -> None:
         for pool in self._pools.values():
