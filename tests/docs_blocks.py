@@ -24,6 +24,10 @@ by the block's language (the first word of its info string):
 Afterwards no job that a document's blocks enqueued may have recorded an error: a task that
 failed fails its document, though the worker that ran it exited 0.
 
+A block whose first line names an example (`# examples/fastapi_app.py`) is that file,
+verbatim: tests/integration/test_examples.py runs the examples for real (served, called over
+HTTP, their jobs run by a worker), so this test checks the block and the file are the same.
+
 Two marks, both invisible in the rendered page, put a block outside those rules:
 - `<!-- fragment ... -->` on the line before it, or `fragment` in its info string
   (```python fragment): part of a larger program, not runnable alone. Python fragments
@@ -51,6 +55,7 @@ SKIPPED_COMMANDS = (  # (pattern, why): lines a reader runs that the suite has a
 FENCE = re.compile(r"^(```+|~~~+)\s*(.*)$")
 ELSEWHERE = re.compile(r"<!--\s*([\w.-]+):\s*(tests/\S+)\s+runs this block as written\s*-->")
 FILE_NAME = re.compile(r"^#\s*([\w-]+\.py)\b")
+EXAMPLE = re.compile(r"^# (examples/\S+)\n")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,11 @@ class Block:
     def run_elsewhere(self) -> tuple[str, str] | None:
         found = ELSEWHERE.fullmatch(self.note)
         return (found[1], found[2]) if found else None
+
+    @property
+    def example(self) -> Path | None:
+        found = EXAMPLE.match(self.code)
+        return REPO / found[1] if found else None
 
     @property
     def file_name(self) -> str:

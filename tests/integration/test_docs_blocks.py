@@ -57,6 +57,10 @@ class Reader:
             if not test.exists() or name not in test.read_text():
                 return f"marked as run by {path}, which does not exist or never names {name}"
             return None
+        if block.example is not None:
+            if not block.example.exists() or block.example.read_text() != block.code:
+                return f"differs from {block.example.relative_to(REPO)}: copy the file"
+            return None
         if block.fragment:
             if block.language in PYTHON:
                 ast.parse(block.code)
