@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +55,13 @@ CREATE TABLE IF NOT EXISTS public.executions (
     at        timestamptz NOT NULL DEFAULT clock_timestamp()
 )
 """
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:

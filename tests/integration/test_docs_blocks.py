@@ -8,7 +8,6 @@ import configparser
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from apps.harness import wait_until
+from apps.harness import free_port, wait_until
 from docs_blocks import (
     DOCUMENTS,
     MAX_FRAGMENTS,
@@ -175,13 +174,6 @@ class Reader:
         with psycopg.connect(self.url, autocommit=True) as conn:
             for role in self.roles:
                 conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def answers(port: int) -> bool:

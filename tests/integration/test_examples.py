@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from apps.harness import wait_until
+from apps.harness import free_port, wait_until
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
@@ -44,13 +44,6 @@ def run(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(path: Path, database_url: str) -> None:
     run([sys.executable, str(path)], EXAMPLES_DIR, example_env(database_url))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def post(url: str, *, form: dict[str, str] | None = None, body: Any = None) -> tuple[int, Any]:
