@@ -83,6 +83,13 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+@app.task(name="fail_once", retry=unbroken.Retry(base=1.0, cap=1.0, jitter=0))
+def fail_once() -> None:
+    """Fail the first attempt; its retry is due a second later and succeeds."""
+    if current_job().attempt == 1:
+        raise ValueError("the first attempt fails")
+
+
 @app.task(name="record_sync", retry=QUICK)
 def record_sync(seconds: float = 0.0, once: bool = False) -> dict[str, Any]:
     """`record` as a sync task, run in the worker's threads (sleeps with time.sleep)."""

@@ -12,6 +12,7 @@ import typer
 
 from unbroken.app import App
 from unbroken.errors import ConfigError, EnqueueError
+from unbroken.settings import MAX_SECONDS
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +54,19 @@ def worker(
         help="Seconds running jobs get after SIGTERM. Env: UNBROKEN_SHUTDOWN_TIMEOUT.",
     ),
     burst: bool = typer.Option(
-        False, "--burst", envvar="UNBROKEN_BURST", help="Exit when no job is left to run."
+        False,
+        "--burst",
+        envvar="UNBROKEN_BURST",
+        help="Exit when no job of its queues is available or due within --burst-wait.",
+    ),
+    burst_wait: float = typer.Option(
+        None,
+        "--burst-wait",
+        envvar="UNBROKEN_BURST_WAIT",
+        min=0,
+        max=MAX_SECONDS,
+        help="With --burst: seconds ahead to wait for a scheduled job or a retry to be due "
+        "(default 30).",
     ),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Debug logging, with each job's start and success."
@@ -80,6 +93,8 @@ def worker(
         overrides["concurrency"] = concurrency
     if shutdown_timeout is not None:
         overrides["shutdown_timeout"] = shutdown_timeout
+    if burst_wait is not None:
+        overrides["burst_wait"] = burst_wait  # a Worker argument, not a setting
     the_app.worker(burst=burst, **overrides).run()
 
 

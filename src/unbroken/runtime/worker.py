@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("unbroken.worker")
 RUNTIME_POOL_MAX = 3
+BURST_WAIT_SECONDS = 30.0  # a burst worker waits for jobs due within this long
 
 
 class Worker:
@@ -49,12 +50,14 @@ class Worker:
         app: App,
         *,
         burst: bool = False,
+        burst_wait: float = BURST_WAIT_SECONDS,
         handle_signals: bool = True,
         **overrides: Any,
     ) -> None:
         self.app = app
         self.settings = _merge(app.settings, overrides)
         self.burst = burst
+        self.burst_wait = burst_wait
         self.handle_signals = handle_signals
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._stop: asyncio.Event | None = None
@@ -68,7 +71,8 @@ class Worker:
 
     # --- running -----------------------------------------------------------------------------
     def run(self) -> None:
-        """Run until stopped (SIGTERM/SIGINT, `stop()`, or an empty queue in burst mode)."""
+        """Run until stopped (SIGTERM/SIGINT, `stop()`, or, in burst mode, once no job of its
+        queues is available or due within `burst_wait` seconds)."""
         asyncio.run(self.arun())
 
     def stop(self) -> None:
@@ -130,7 +134,7 @@ class Worker:
         )
         producing = asyncio.create_task(producer.run(), name="producer")
         if self.burst:
-            background.append(asyncio.create_task(self._burst_watch(producer), name="burst"))
+            background.append(asyncio.create_task(self._burst_watch(producer, pool), name="burst"))
         self._install_signals()
         logger.info(
             "worker %s started: queues %s, concurrency %d, database %s",
@@ -205,17 +209,43 @@ class Worker:
         if enabled:
             logger.info("observability: %s", ", ".join(enabled))
 
-    async def _burst_watch(self, producer: Producer) -> None:
+    async def _burst_watch(self, producer: Producer, pool: AsyncRolePool) -> None:
+        """Stop once idle and nothing in our queues is available or due within burst_wait
+        seconds: a retry after its backoff or a short delay is waited for, a job scheduled
+        further out is not. The database is asked only while this process looks idle."""
         assert self.executor is not None
         assert self.completer is not None
+        params = {
+            "queues": self.settings.queue_list(),
+            "worker_id": self.worker_id,
+            "horizon": self.burst_wait,
+        }
+        waiting = False
         while True:
             await asyncio.sleep(0.05)
             idle = not self.executor.running and not len(self.completer)
-            if idle and producer.last_fetch_empty and producer.fetches > 0:
-                logger.info("burst mode: no jobs left, stopping")
-                assert self._stop is not None
-                self._stop.set()
-                return
+            if not (idle and producer.last_fetch_empty and producer.fetches > 0):
+                continue
+            try:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(self.app.queries["job_exists_due_soon"], params)
+                    row = await cur.fetchone()
+            except Exception as exc:  # the database is away: ask again, as the producer does
+                logger.warning("burst mode: cannot look for jobs due soon (%s)", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if row is not None and row[0]:
+                if not waiting:
+                    logger.info(
+                        "burst mode: waiting for jobs due within %s s", f"{self.burst_wait:g}"
+                    )
+                waiting = True
+                await asyncio.sleep(0.2)
+                continue
+            logger.info("burst mode: no job due within %s s, stopping", f"{self.burst_wait:g}")
+            assert self._stop is not None
+            self._stop.set()
+            return
 
     # --- signals -----------------------------------------------------------------------------
     def _install_signals(self) -> None:

@@ -230,6 +230,22 @@ promoted AS (
 SELECT queue, count(*) AS jobs, pg_notify('unbroken.jobs', queue) IS NULL AS notified
 FROM promoted GROUP BY queue
 
+-- name: job_exists_due_soon
+-- Whether a job of these queues may still run within `horizon` seconds: available (queue not paused), due to run by then, or running here; what keeps a burst worker waiting.
+-- A scheduled or retryable job counts when its run_at falls within the horizon (a retry
+-- after its backoff, a short delay); one further out does not. A job this worker has
+-- claimed counts until its outcome is written, so a fetch in flight is never missed.
+-- Jobs running in other workers are theirs to finish or retry.
+SELECT EXISTS (
+    SELECT 1 FROM unbroken.jobs
+    WHERE queue = ANY(%(queues)s::text[])
+      AND ((state = 'running' AND worker_id = %(worker_id)s)
+           OR (queue NOT IN (SELECT name FROM unbroken.queues WHERE paused)
+               AND (state = 'available'
+                    OR (state IN ('scheduled', 'retryable')
+                        AND run_at <= now() + make_interval(secs => %(horizon)s::float8)))))
+)
+
 -- name: job_prune_finished
 -- Delete a small batch of finished jobs older than the retention.
 DELETE FROM unbroken.jobs
