@@ -53,3 +53,22 @@ def test_health_probes_without_a_database_fail_fast(database_url: str) -> None:
     assert down.returncode == 1
     assert json.loads(down.stdout)["live"] is False
     assert time.monotonic() - started < 15
+
+
+def test_stats_mean_and_percentiles_come_from_the_same_jobs(
+    database_url: str, seeded: Seeded
+) -> None:
+    """The six succeeded emails.send jobs took 1..6 s; the per-minute counters say the
+    task's attempts averaged 0.12 s. Mean, min, max and percentiles are all of the six."""
+    stats = cli_json(database_url, "stats", "--window", "30m")
+    emails = {t["task"]: t for t in stats["tasks"]}["emails.send"]
+    assert emails["timed"] == 6
+    assert (emails["min_s"], emails["max_s"]) == (pytest.approx(1.0), pytest.approx(6.0))
+    assert emails["min_s"] <= emails["avg_s"] <= emails["max_s"]
+    assert emails["avg_s"] == pytest.approx(3.5)
+    assert emails["p50_s"] == pytest.approx(3.5)
+    assert emails["p50_s"] <= emails["p95_s"] <= emails["p99_s"] <= emails["max_s"]
+    table = cli(database_url, "stats", "--window", "30m")
+    assert table.returncode == 0, table.stderr
+    assert "last 30m" in table.stdout
+    assert "run times of the succeeded jobs timed" in table.stdout  # what they are of

@@ -252,13 +252,16 @@ def test_stats_rates_failure_rate_and_durations(store: OperatorStore) -> None:
     assert emails.failed == 5 * 15 + 55  # the failure burst, then one a minute
     assert emails.failure_rate == pytest.approx(emails.failed / (emails.succeeded + emails.failed))
     assert emails.per_minute == pytest.approx((emails.succeeded + emails.failed) / 60)
-    assert emails.avg_s is not None
-    assert 0.1 < emails.avg_s < 0.13
-    # Percentiles come from the six succeeded rows: 1..6 seconds each.
+    # Mean, min, max and percentiles all come from the six succeeded rows: 1..6 s each
+    # (not the counters' 0.12 s per attempt, which once made the mean fall below p50).
+    assert emails.timed == 6
+    assert emails.avg_s == pytest.approx(3.5)
+    assert (emails.min_s, emails.max_s) == (pytest.approx(1.0), pytest.approx(6.0))
     assert emails.p50_s == pytest.approx(3.5)
     assert emails.p99_s is not None
     assert emails.p99_s > 5.9
     assert stats["sync.issues"].p50_s is None
+    assert (stats["sync.issues"].timed, stats["sync.issues"].avg_s) == (0, None)
 
 
 def test_series_fills_gaps_with_zeros(store: OperatorStore, conn: psycopg.Connection[Any]) -> None:

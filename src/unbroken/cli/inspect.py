@@ -30,27 +30,23 @@ def stats(
     window: Annotated[str, typer.Option(help="How far back (15m, 1h, 1d).")] = "1h",
     as_json: JsonOpt = False,
 ) -> None:
-    """Throughput, failure rate and duration (mean, p50/p95/p99) per task."""
+    """Throughput and failure rate per task, with the run times (mean, p50/p95/p99, max)
+    of the jobs that succeeded in the window."""
     seconds = parse_duration(window)
     with open_store() as store:
         rows = store.task_stats(seconds)
     if as_json:
         emit_json({"window_s": seconds, "tasks": rows})
         return
-    table = Table(title=f"last {format_age(seconds)}", title_justify="left")
-    for col in (
-        "queue",
-        "task",
-        "ok",
-        "failed",
-        "dead",
-        "/min",
-        "fail %",
-        "mean",
-        "p50",
-        "p95",
-        "p99",
-    ):
+    if not rows:
+        console.print(f"no finished attempts in the last {format_age(seconds)}")
+        return
+    title = (
+        f"last {format_age(seconds)}: attempts from the per-minute counters; run times of "
+        "the succeeded jobs timed (their last attempt), mean and percentiles of the same jobs"
+    )
+    table = Table(title=title, title_justify="left")
+    for col in STATS_COLUMNS:
         table.add_column(col, justify="left" if col in ("queue", "task") else "right")
     for r in rows:
         rate_style = "red" if (r.failure_rate or 0) >= 0.1 else "default"
@@ -62,12 +58,31 @@ def stats(
             f"{r.dead:,}",
             f"{r.per_minute:,.1f}",
             f"[{rate_style}]{format_pct(r.failure_rate)}[/]",
+            f"{r.timed:,}",
             format_duration(r.avg_s),
             format_duration(r.p50_s),
             format_duration(r.p95_s),
             format_duration(r.p99_s),
+            format_duration(r.max_s),
         )
-    console.print(table if rows else "no finished attempts in this window")
+    console.print(table)
+
+
+STATS_COLUMNS = (
+    "queue",
+    "task",
+    "ok",
+    "failed",
+    "dead",
+    "/min",
+    "fail %",
+    "timed",
+    "mean",
+    "p50",
+    "p95",
+    "p99",
+    "max",
+)
 
 
 def stuck(

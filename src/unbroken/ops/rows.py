@@ -268,8 +268,13 @@ class TaskStats:
     dead: int
     per_minute: float  # finished attempts per minute over the window
     failure_rate: float | None  # failed / (succeeded + failed)
-    avg_s: float | None  # mean attempt duration from the per-minute counters
-    p50_s: float | None  # percentiles from the succeeded jobs still in the table
+    # Run times (seconds) of the `timed` jobs that succeeded in the window and are still in
+    # the table, their last attempt each: mean, min, max and percentiles of the same rows.
+    timed: int
+    avg_s: float | None
+    min_s: float | None
+    max_s: float | None
+    p50_s: float | None
     p95_s: float | None
     p99_s: float | None
 
@@ -283,7 +288,10 @@ class TaskStats:
         succeeded: int,
         failed: int,
         dead: int,
-        runtime_ms: int,
+        timed: int,
+        avg_s: float | None,
+        min_s: float | None,
+        max_s: float | None,
         percentiles: list[float] | None,
     ) -> TaskStats:
         """From stats_by_task's columns over a window of `minutes`."""
@@ -297,7 +305,10 @@ class TaskStats:
             dead=dead,
             per_minute=done / minutes,
             failure_rate=failed / done if done else None,
-            avg_s=runtime_ms / done / 1000.0 if done else None,
+            timed=timed,
+            avg_s=avg_s,
+            min_s=min_s,
+            max_s=max_s,
             p50_s=p50,
             p95_s=p95,
             p99_s=p99,

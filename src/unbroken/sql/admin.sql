@@ -185,29 +185,40 @@ FROM unbroken.jobs
 WHERE {dead_letter_filter}
 
 -- name: stats_by_task
--- Outcomes and total run time per queue and task over the last `window` seconds (the per-minute counters), with run-time percentiles (p50, p95, p99, seconds) of the jobs that succeeded in it.
--- attempted_at is the start of the last attempt, so a percentile is of the successful attempt's duration.
-WITH counted AS (
+-- Outcomes per queue and task since the minute `window` seconds ago (the per-minute counters), with the run times (count, mean, min, max, p50, p95, p99, seconds) of the jobs that succeeded since then.
+-- Every duration statistic is computed over the same rows: the succeeded jobs still in the
+-- table (retention), each timed from the start of its last attempt (attempted_at) to its
+-- end, so the mean lies between min and max and beside the percentiles. Both parts share
+-- one window start, the minute the counters can resolve.
+WITH since AS (
+    SELECT date_trunc('minute', now() - make_interval(secs => %(window)s::float8)) AS at
+),
+counted AS (
     SELECT queue, task,
            sum(succeeded)::bigint AS succeeded,
            sum(failed)::bigint AS failed,
-           sum(dead)::bigint AS dead,
-           sum(runtime_ms)::bigint AS runtime_ms
-    FROM unbroken.stats_minutely
-    WHERE minute >= date_trunc('minute', now() - make_interval(secs => %(window)s::float8))
+           sum(dead)::bigint AS dead
+    FROM unbroken.stats_minutely, since
+    WHERE minute >= since.at
     GROUP BY queue, task
 ),
-durations AS (
-    SELECT queue, task,
-           percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[]) WITHIN GROUP (
-               ORDER BY extract(epoch FROM finished_at - attempted_at)::float8) AS percentiles
-    FROM unbroken.jobs
+timed AS (
+    SELECT queue, task, extract(epoch FROM finished_at - attempted_at)::float8 AS seconds
+    FROM unbroken.jobs, since
     WHERE state = 'succeeded'
-      AND finished_at >= now() - make_interval(secs => %(window)s::float8)
+      AND finished_at >= since.at
       AND attempted_at IS NOT NULL
+),
+durations AS (
+    SELECT queue, task, count(*) AS timed, avg(seconds) AS avg_s,
+           min(seconds) AS min_s, max(seconds) AS max_s,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[]) WITHIN GROUP (ORDER BY seconds)
+               AS percentiles
+    FROM timed
     GROUP BY queue, task
 )
-SELECT c.queue, c.task, c.succeeded, c.failed, c.dead, c.runtime_ms, d.percentiles
+SELECT c.queue, c.task, c.succeeded, c.failed, c.dead,
+       coalesce(d.timed, 0) AS timed, d.avg_s, d.min_s, d.max_s, d.percentiles
 FROM counted AS c
 LEFT JOIN durations AS d ON d.queue = c.queue AND d.task = c.task
 ORDER BY c.queue, c.task
