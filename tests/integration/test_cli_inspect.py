@@ -10,6 +10,8 @@ import pytest
 
 from cli_support import cli, cli_json
 from ops_seed import Seeded
+from pg import Faults
+from unbroken.migrations import available
 
 
 def test_stats_stuck_workers(database_url: str, seeded: Seeded) -> None:
@@ -34,11 +36,12 @@ def test_health_exit_codes(database_url: str, seeded: Seeded) -> None:
     assert {r["check"] for r in report["reasons"] if r["level"] == "warn"} >= {"stuck", "workers"}
     assert cli(database_url, "health", "--ready").returncode == 0
     assert cli(database_url, "health", "--live").returncode == 0
-    # Every worker silent: critical, so not ready (still live: the database answers).
+    # Every worker silent: critical, so unhealthy; still ready and live (the database
+    # answers with a current schema).
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE unbroken.workers SET heartbeat_at = now() - interval '1 hour'")
     assert cli(database_url, "health").returncode == 1
-    assert cli(database_url, "health", "--ready").returncode == 1
+    assert cli(database_url, "health", "--ready").returncode == 0
     assert cli(database_url, "health", "--live").returncode == 0
 
 
@@ -72,3 +75,53 @@ def test_stats_mean_and_percentiles_come_from_the_same_jobs(
     assert table.returncode == 0, table.stderr
     assert "last 30m" in table.stdout
     assert "run times of the succeeded jobs timed" in table.stdout  # what they are of
+
+
+def test_ready_is_about_this_process_serving_not_about_failing_jobs(
+    database_url: str, seeded: Seeded
+) -> None:
+    """Most attempts failing, dead letters piling up, every worker silent: the report is
+    unhealthy (exit 1), yet the database answers with a current schema, so ready."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE unbroken.stats_minutely SET failed = succeeded * 3"
+            " WHERE minute >= now() - interval '15 minutes'"
+        )
+        conn.execute(
+            "INSERT INTO unbroken.jobs (queue, task, args, state, attempt, max_attempts,"
+            " attempted_at, finished_at)"
+            " SELECT 'default', 'emails.send', '{\"args\": [], \"kwargs\": {}}', 'dead', 1, 1,"
+            " now() - interval '2 minutes', now() - interval '1 minute'"
+            " FROM generate_series(1, 60)"
+        )
+        conn.execute("UPDATE unbroken.workers SET heartbeat_at = now() - interval '1 hour'")
+    report = json.loads(cli(database_url, "health", "--json").stdout)
+    critical = {r["check"] for r in report["reasons"] if r["level"] == "critical"}
+    assert critical >= {"failure_rate", "dead_letters", "workers"}, report
+    assert report["status"] == "unhealthy"
+    assert report["ready"] is True
+    assert cli(database_url, "health").returncode == 1
+    ready = cli(database_url, "health", "--ready")
+    assert (ready.returncode, ready.stdout.strip()) == (0, "ready: yes"), ready.stderr
+    assert cli(database_url, "health", "--live").returncode == 0
+    # A schema behind the code is this process's problem: not ready, saying why.
+    latest = available()[-1].version
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM unbroken.migrations WHERE version = %s", [latest])
+    behind = cli(database_url, "health", "--ready")
+    assert (behind.returncode, behind.stdout.strip()) == (1, "ready: no")
+    assert f"code expects {latest}" in behind.stderr
+
+
+def test_not_ready_while_the_database_is_down(
+    database_url: str, seeded: Seeded, faults: Faults
+) -> None:
+    faults.stop()
+    down = cli(database_url, "health", "--ready", "--timeout", "2")
+    assert (down.returncode, down.stdout.strip()) == (1, "ready: no"), down.stderr
+    lines = down.stderr.strip().splitlines()
+    assert len(lines) == 1, down.stderr
+    assert lines[0].startswith("critical: "), down.stderr
+    assert "Traceback" not in down.stderr
+    faults.start()
+    assert cli(database_url, "health", "--ready").returncode == 0

@@ -1,6 +1,8 @@
 """`unbroken stats|stuck|workers|health`: how the system is doing, read-only.
 
 `health` is also a probe: `--ready` and `--live` answer with an exit code (0 yes, 1 no).
+Readiness is whether this process can serve (database, schema, pool), not how the jobs
+fare: see unbroken.ops.health.
 """
 
 from __future__ import annotations
@@ -159,7 +161,12 @@ def workers(
 
 def health(
     ready: Annotated[
-        bool, typer.Option("--ready", help="Probe: exit 0 when ready to serve, else 1.")
+        bool,
+        typer.Option(
+            "--ready",
+            help="Probe: exit 0 when the database answers with the schema this version "
+            "expects, else 1 (failing jobs do not count).",
+        ),
     ] = False,
     live: Annotated[
         bool, typer.Option("--live", help="Probe: exit 0 when the database answers, else 1.")
@@ -181,7 +188,7 @@ def health(
         emit_json(report.as_dict())
     elif live or ready:
         console.print(("live" if live else "ready") + (": yes" if ok else ": no"))
-        for r in report.problems() if not ok else ():
+        for r in () if ok else report.problems() if live else report.readiness_problems():
             err.print(f"{r.level}: {escape(r.message)}")
     else:
         color = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[report.status]

@@ -2,8 +2,9 @@
 the Prometheus metrics.
 
 The probes answer without credentials (security.OPEN_PATHS): /health/live says the process
-answers, /health/ready that the database answers with a current schema and nothing
-critical, /health the full report; not ready is a 503.
+answers, /health/ready that it can serve (the database answers with a current schema, its
+pools are not swamped; failing jobs do not count, unbroken.ops.health), /health the full
+report; not ready, or for /health unhealthy, is a 503.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class Api:
     # --- probes and metrics -------------------------------------------------------------
     async def health_full(self, request: Request) -> Response:
         report = await self._report()
-        return JSONResponse(report.as_dict(), status_code=200 if report.ready else 503)
+        healthy = report.ready and report.status != "unhealthy"
+        return JSONResponse(report.as_dict(), status_code=200 if healthy else 503)
 
     async def health_ready(self, request: Request) -> Response:
         report = await self._report()

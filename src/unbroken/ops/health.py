@@ -20,7 +20,11 @@ critical finding, "degraded" on any warning, else "healthy". Probes:
 - live: the process can do its work at all. Over HTTP that is "the dashboard answers"
   (a database outage must not get every pod restarted: a restart does not fix the
   database); from the CLI, which has nothing else to prove, it is "the database answers".
-- ready: the database answers, the schema is current, and nothing is critical.
+- ready: this process can serve: its database answers, the schema is at the version the
+  code expects, and its pools are not swamped (the `database`, `schema` and
+  `pool_waiters` checks). What the jobs do (failure rate, dead letters, waiting, stuck
+  jobs, silent workers) lowers the score and can make the status unhealthy, never
+  readiness: taking a process out of rotation does not make a job fail less.
 
 `evaluate` is pure (inputs in, report out), so the thresholds are unit-tested without a
 database; `check` reads the inputs through the operator store.
@@ -45,6 +49,8 @@ from unbroken.ops.store import OperatorStore
 Level = Literal["ok", "warn", "critical"]
 Status = Literal["healthy", "degraded", "unhealthy"]
 PENALTY: dict[Level, int] = {"ok": 0, "warn": 15, "critical": 40}
+# The checks a critical finding of which makes a process not ready (`pool_waiters:<role>`).
+READINESS_CHECKS = frozenset({"database", "schema", "pool_waiters"})
 
 
 @dataclass(frozen=True)
@@ -82,10 +88,19 @@ class HealthReport:
 
     @property
     def ready(self) -> bool:
-        return self.live and self.status != "unhealthy"
+        """This process can serve: live, and no critical finding of READINESS_CHECKS."""
+        return self.live and not self.readiness_problems()
 
     def problems(self) -> list[Reason]:
         return [r for r in self.reasons if r.level != "ok"]
+
+    def readiness_problems(self) -> list[Reason]:
+        """The critical findings that make this process not ready."""
+        return [
+            r
+            for r in self.reasons
+            if r.level == "critical" and r.check.partition(":")[0] in READINESS_CHECKS
+        ]
 
     def as_dict(self) -> dict[str, object]:
         return {
