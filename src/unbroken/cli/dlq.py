@@ -22,6 +22,7 @@ from unbroken.cli.output import (
     emit_json,
     open_store,
     report,
+    show_table,
     since,
     with_progress,
 )
@@ -83,7 +84,7 @@ def dlq_ls(
             format_age(since(g.last_at)),
             ", ".join(map(str, g.sample_ids)) + ("…" if g.jobs > len(g.sample_ids) else ""),
         )
-    console.print(table)
+    show_table(table, keep=("key", "queue / task"))
     console.print("[dim]retry or purge a group: unbroken dlq retry KEY / unbroken dlq purge KEY[/]")
 
 

@@ -14,7 +14,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from unbroken.cli.output import JsonOpt, cell, console, emit_json, err, open_store, since
+from unbroken.cli.output import (
+    JsonOpt,
+    cell,
+    console,
+    emit_json,
+    err,
+    open_store,
+    show_table,
+    since,
+)
 from unbroken.errors import DatabaseUnavailable, EmbeddedServerError
 from unbroken.ops import health as health_mod
 from unbroken.ops.filters import parse_duration
@@ -67,7 +76,7 @@ def stats(
             format_duration(r.p99_s),
             format_duration(r.max_s),
         )
-    console.print(table)
+    show_table(table, keep=("queue", "task"))
 
 
 STATS_COLUMNS = (
@@ -124,7 +133,7 @@ def stuck(
             escape(j.worker_id or "-"),
             beat,
         )
-    console.print(table)
+    show_table(table, keep=("id", "queue / task"))
 
 
 def workers(
@@ -156,7 +165,7 @@ def workers(
             f"[red]{beat} (silent)[/]" if w.silent else f"[green]{beat}[/]",
             format_age(since(w.started_at)),
         )
-    console.print(table)
+    show_table(table, keep=("worker",))
 
 
 def health(

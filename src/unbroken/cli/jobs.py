@@ -30,6 +30,7 @@ from unbroken.cli.output import (
     emit_json,
     open_store,
     report,
+    show_table,
     since,
     styled,
     with_progress,
@@ -117,7 +118,7 @@ def jobs_ls(
             cell(j.args, 40),
             cell(error, 50),
         )
-    console.print(table)
+    show_table(table)
     if len(rows) == limit:
         console.print(f"[dim]more: --before {rows[-1].id}[/]")
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from unbroken.cli.output import JsonOpt, console, emit_json, err, open_store
+from unbroken.cli.output import JsonOpt, console, emit_json, err, open_store, show_table
 from unbroken.ops.format import format_age
 
 queues_app = typer.Typer(help="Queues: backlog by priority, oldest waiting job; pause, resume.")
@@ -69,7 +69,7 @@ def queues(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                     "",
                     style="dim",
                 )
-    console.print(table)
+    show_table(table, keep=("queue",))
 
 
 def _set_paused(name: str, paused: bool, as_json: bool) -> None:
