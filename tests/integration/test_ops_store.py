@@ -16,7 +16,7 @@ from unbroken.errors import ConfigError
 from unbroken.ops import health
 from unbroken.ops.filters import JobFilter, parse_duration
 from unbroken.ops.rows import ProgressView
-from unbroken.ops.store import OperatorStore, statement
+from unbroken.ops.store import DeadLetterFilter, OperatorStore, statement
 from unbroken.settings import load_settings
 from unbroken.sql import HERE, queries
 
@@ -201,16 +201,16 @@ def test_dead_letters_group_by_error_and_act_by_key(
     assert http.message == "502 Bad Gateway"
     assert HOSTILE in hostile.message
     assert set(http.sample_ids) == set(seeded.dead_http)
-    assert store.dead_letter_count(http.key) == 3
+    assert store.dead_letter_count(DeadLetterFilter(http.key)) == 3
     assert store.dead_letter_count() == 4
 
-    retried = store.dead_letter_retry(http.key)
+    retried = store.dead_letter_retry(DeadLetterFilter(http.key))
     assert retried.changed == 3
     assert {state_of(conn, i) for i in seeded.dead_http} == {"available"}
 
     # Purge deletes only dead jobs, and only the group asked for.
-    assert store.dead_letter_purge("000000000000").changed == 0
-    purged = store.dead_letter_purge(hostile.key)
+    assert store.dead_letter_purge(DeadLetterFilter("000000000000")).changed == 0
+    purged = store.dead_letter_purge(DeadLetterFilter(hostile.key))
     assert purged.ids == [seeded.dead_hostile]
     assert store.job_get(seeded.dead_hostile) is None
     assert store.dead_letter_groups() == []
@@ -220,8 +220,8 @@ def test_dead_letters_group_by_error_and_act_by_key(
 
 def test_purge_older_than(store: OperatorStore, seeded: Seeded) -> None:
     # The hostile one went dead 20 minutes ago, the HTTP ones within 3 minutes.
-    assert store.dead_letter_count(older_than=600) == 1
-    assert store.dead_letter_purge(older_than=600).ids == [seeded.dead_hostile]
+    assert store.dead_letter_count(DeadLetterFilter(older_than=600)) == 1
+    assert store.dead_letter_purge(DeadLetterFilter(older_than=600)).ids == [seeded.dead_hostile]
 
 
 def test_queues_with_backlog_by_priority_and_pause(store: OperatorStore) -> None:

@@ -4,6 +4,7 @@ queue, task, error type and message; a group's key names it for retry and purge.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Annotated
 
@@ -30,6 +31,7 @@ from unbroken.errors import ConfigError
 from unbroken.ops.filters import parse_duration
 from unbroken.ops.format import format_age
 from unbroken.ops.rows import BulkResult
+from unbroken.ops.store import DeadLetterFilter, OperatorStore, Progress
 
 dlq_app = typer.Typer(
     help="Dead letters (jobs that will not run again), grouped by error.", no_args_is_help=True
@@ -51,7 +53,7 @@ def dlq_ls(
     with open_store() as store:
         task = store.resolve_task(task)
         groups = store.dead_letter_groups(queue=queue, task=task, limit=limit)
-        matching = store.dead_letter_count(queue=queue, task=task)
+        matching = store.dead_letter_count(DeadLetterFilter(queue=queue, task=task))
     shown = sum(g.jobs for g in groups)
     if as_json:  # jobs: in the groups shown; matching: every dead job the filters match
         emit_json({"groups": groups, "jobs": shown, "matching": matching})
@@ -88,40 +90,26 @@ def dlq_ls(
     console.print("[dim]retry or purge a group: unbroken dlq retry KEY / unbroken dlq purge KEY[/]")
 
 
-def _dlq_targets(
-    keys: Sequence[str], every: bool, queue: str | None, task: str | None
-) -> list[str | None]:
-    if keys and every:
-        raise ConfigError("give group keys or --all, not both")
-    if not keys and not every and queue is None and task is None:
-        raise ConfigError("name the group(s) to act on (keys from `unbroken dlq ls`), or --all")
-    return list(keys) if keys else [None]
+KeysArg = Annotated[list[str] | None, typer.Argument(help="Group keys from `dlq ls`.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every dead job (with the filters).")]
+# A dead-letter action: OperatorStore.dead_letter_retry or dead_letter_purge.
+Action = Callable[[OperatorStore, DeadLetterFilter, Progress], BulkResult]
 
 
 @dlq_app.command("retry")
 def dlq_retry(
-    keys: Annotated[list[str] | None, typer.Argument(help="Group keys from `dlq ls`.")] = None,
-    every: Annotated[
-        bool, typer.Option("--all", help="Every dead job (with the filters).")
-    ] = False,
+    keys: KeysArg = None,
+    every: AllOpt = False,
     queue: QueueOpt = None,
     task: TaskOpt = None,
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Retry dead letters: the jobs of one or more groups, or all of them."""
-    targets = _dlq_targets(keys or [], every, queue, task)
-    with open_store() as store:
-        task = store.resolve_task(task)
-        count = sum(store.dead_letter_count(k, queue=queue, task=task) for k in targets)
-        if count:
-            confirm(f"Retry {count} dead job(s)?", yes)
-        result = _for_each_group(
-            "retrying",
-            targets,
-            lambda key: store.dead_letter_count(key, queue=queue, task=task),
-            lambda key, p: store.dead_letter_retry(key, queue=queue, task=task, progress=p),
-        )
+    flt = DeadLetterFilter(queue=queue, task=task)
+    result = _act_on_groups(
+        keys, every, flt, yes, "Retry {} dead job(s)?", "retrying", OperatorStore.dead_letter_retry
+    )
     report(
         result,
         "retried",
@@ -132,10 +120,8 @@ def dlq_retry(
 
 @dlq_app.command("purge")
 def dlq_purge(
-    keys: Annotated[list[str] | None, typer.Argument(help="Group keys from `dlq ls`.")] = None,
-    every: Annotated[
-        bool, typer.Option("--all", help="Every dead job (with the filters).")
-    ] = False,
+    keys: KeysArg = None,
+    every: AllOpt = False,
     queue: QueueOpt = None,
     task: TaskOpt = None,
     older_than: Annotated[
@@ -146,35 +132,43 @@ def dlq_purge(
 ) -> None:
     """Delete dead letters for good: one or more groups, or all (optionally only old ones)."""
     age = parse_duration(older_than) if older_than else None
-    targets = _dlq_targets(keys or [], every or age is not None, queue, task)
-    with open_store() as store:
-        task = store.resolve_task(task)
-        count = sum(
-            store.dead_letter_count(k, queue=queue, task=task, older_than=age) for k in targets
-        )
-        if count:
-            confirm(f"Delete {count} dead job(s) for good?", yes)
-        result = _for_each_group(
-            "purging",
-            targets,
-            lambda key: store.dead_letter_count(key, queue=queue, task=task, older_than=age),
-            lambda key, p: store.dead_letter_purge(
-                key, queue=queue, task=task, older_than=age, progress=p
-            ),
-        )
+    flt = DeadLetterFilter(queue=queue, task=task, older_than=age)
+    result = _act_on_groups(
+        keys,
+        every or age is not None,
+        flt,
+        yes,
+        "Delete {} dead job(s) for good?",
+        "purging",
+        OperatorStore.dead_letter_purge,
+    )
     report(result, "purged", "changed state meanwhile", as_json)
 
 
-def _for_each_group(
+def _act_on_groups(
+    keys: Sequence[str] | None,
+    every: bool,
+    flt: DeadLetterFilter,
+    yes: bool,
+    question: str,
     verb: str,
-    targets: Sequence[str | None],
-    count: Callable[[str | None], int],
-    act: Callable[[str | None, Callable[[int], None]], BulkResult],
+    act: Action,
 ) -> BulkResult:
-    """Act on each dead-letter group in turn, each with its own progress bar."""
+    """Confirm, then act on each group named (or on every dead job the filter matches),
+    each group with its own progress bar."""
+    if keys and every:
+        raise ConfigError("give group keys or --all, not both")
+    if not keys and not every and flt.queue is None and flt.task is None:
+        raise ConfigError("name the group(s) to act on (keys from `unbroken dlq ls`), or --all")
     results = []
-    for key in targets:
-        if n := count(key):
-            results.append(with_progress(f"{verb} {key or 'all'}", n, partial(act, key)))
+    with open_store() as store:
+        flt = replace(flt, task=store.resolve_task(flt.task))
+        groups = [replace(flt, key=key) for key in keys] if keys else [flt]
+        if count := sum(store.dead_letter_count(g) for g in groups):
+            confirm(question.format(count), yes)
+        for group in groups:
+            if n := store.dead_letter_count(group):
+                label = f"{verb} {group.key or 'all'}"
+                results.append(with_progress(label, n, partial(act, store, group)))
     ids = [i for r in results for i in r.ids]
     return BulkResult(sum(r.matched for r in results), sum(r.changed for r in results), ids[:1000])

@@ -20,7 +20,12 @@ from unbroken.dashboard.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER
 from unbroken.errors import ConfigError
 from unbroken.ops.filters import JobFilter
 from unbroken.ops.rows import DeadGroup
-from unbroken.ops.store import CANCELLABLE_STATES, RETRYABLE_STATES, OperatorStore
+from unbroken.ops.store import (
+    CANCELLABLE_STATES,
+    RETRYABLE_STATES,
+    DeadLetterFilter,
+    OperatorStore,
+)
 from unbroken.states import JobState
 
 if TYPE_CHECKING:
@@ -260,7 +265,7 @@ class Pages:
 
         def read(s: OperatorStore) -> tuple[int, list[DeadGroup]]:
             groups = [g for g in s.dead_letter_groups() if key is None or g.key == key]
-            return s.dead_letter_count(key), groups
+            return s.dead_letter_count(DeadLetterFilter(key)), groups
 
         count, groups = await self.d.store(read)
         return self.view.page(
@@ -280,10 +285,10 @@ class Pages:
         form, action = posted
         key = form.get("key") or None
         if action == "retry":
-            result = await self.d.store(lambda s: s.dead_letter_retry(key))
+            result = await self.d.store(lambda s: s.dead_letter_retry(DeadLetterFilter(key)))
             message = f"Retried {result.changed} of {result.matched} dead job(s)."
         else:
-            result = await self.d.store(lambda s: s.dead_letter_purge(key))
+            result = await self.d.store(lambda s: s.dead_letter_purge(DeadLetterFilter(key)))
             message = f"Deleted {result.changed} dead job(s)."
         return self.view.redirect(request, "/dead", message)
 

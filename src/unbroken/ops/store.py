@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import cache, partial
 from typing import Any, TypeVar
@@ -63,6 +64,24 @@ BATCH = 500  # ids per bulk write: one short statement each, progress visible be
 FRAGMENTS = ("job_filter", "dead_letter_filter")
 
 Progress = Callable[[int], None]  # called with how many jobs a batch just covered
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """The dead jobs a dead-letter count, retry or purge applies to (admin.sql's
+    dead_letter_filter): one group by `key` (every group when None), a queue, a task, and
+    those dead for longer than `older_than` seconds."""
+
+    key: str | None = None
+    queue: str | None = None
+    task: str | None = None
+    older_than: float | None = None
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EVERY_DEAD = DeadLetterFilter()
 
 
 @cache
@@ -232,42 +251,21 @@ class OperatorStore:
         params = {"queue": queue, "task": task, "limit": limit}
         return self._rows("dead_letter_groups", class_row(DeadGroup), params)
 
-    def dead_letter_count(
-        self,
-        key: str | None = None,
-        *,
-        queue: str | None = None,
-        task: str | None = None,
-        older_than: float | None = None,
-    ) -> int:
-        params = {"key": key, "queue": queue, "task": task, "older_than": older_than}
-        count: int = self._one("dead_letter_count", scalar_row, params)
+    def dead_letter_count(self, flt: DeadLetterFilter = EVERY_DEAD) -> int:
+        count: int = self._one("dead_letter_count", scalar_row, flt.params())
         return count
 
     def dead_letter_retry(
-        self,
-        key: str | None = None,
-        *,
-        queue: str | None = None,
-        task: str | None = None,
-        progress: Progress | None = None,
+        self, flt: DeadLetterFilter = EVERY_DEAD, progress: Progress | None = None
     ) -> BulkResult:
-        """Retry one group of dead letters (all of them when key is None)."""
-        params = {"key": key, "queue": queue, "task": task, "older_than": None}
-        return self._walk("dead_letter_ids", params, self.job_retry, progress)
+        """Retry the dead letters the filter matches (one group, or all of them), in batches."""
+        return self._walk("dead_letter_ids", flt.params(), self.job_retry, progress)
 
     def dead_letter_purge(
-        self,
-        key: str | None = None,
-        *,
-        queue: str | None = None,
-        task: str | None = None,
-        older_than: float | None = None,
-        progress: Progress | None = None,
+        self, flt: DeadLetterFilter = EVERY_DEAD, progress: Progress | None = None
     ) -> BulkResult:
-        """Delete one group of dead letters (all of them when key is None) for good."""
-        params = {"key": key, "queue": queue, "task": task, "older_than": older_than}
-        return self._walk("dead_letter_ids", params, self._delete_dead, progress)
+        """Delete the dead letters the filter matches for good, in batches."""
+        return self._walk("dead_letter_ids", flt.params(), self._delete_dead, progress)
 
     def _delete_dead(self, ids: Sequence[int]) -> list[int]:
         return self.job_delete(ids, (JobState.DEAD,))
@@ -326,7 +324,9 @@ class OperatorStore:
 
 __all__ = [
     "CANCELLABLE_STATES",
+    "EVERY_DEAD",
     "RETRYABLE_STATES",
+    "DeadLetterFilter",
     "OperatorStore",
     "statement",
 ]
