@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-import uvicorn
 from playwright.sync_api import Browser, sync_playwright
 from served import Served
 
+from live_server import serve
 from ops_seed import seed
 from unbroken.dashboard import create_app
 from unbroken.settings import load_settings
@@ -41,28 +38,11 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served(database_url: str) -> Iterator[Served]:
     """The seeded database behind a real uvicorn server on a free loopback port."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         seeded = seed(conn)
     app = create_app(load_settings(database_url=database_url), credentials=None, poll_interval=0.5)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the dashboard did not start"
-        time.sleep(0.02)
-    try:
-        yield Served(f"http://127.0.0.1:{port}", database_url, seeded)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve(app) as base:
+        yield Served(base, database_url, seeded)

@@ -28,12 +28,13 @@ from unbroken.errors import ConfigError
 from unbroken.settings import load_settings
 
 UNBROKEN = str(Path(sys.executable).parent / "unbroken")
+LOCAL = "http://localhost"  # a Host the dashboard answers (TestClient's own is "testserver")
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def make_client(url: str, **kwargs: Any) -> TestClient:
     kwargs.setdefault("credentials", None)
-    return TestClient(create_app(load_settings(database_url=url), **kwargs))
+    return TestClient(create_app(load_settings(database_url=url), **kwargs), base_url=LOCAL)
 
 
 @pytest.fixture
@@ -198,7 +199,7 @@ def test_binding_beyond_loopback_needs_credentials() -> None:
     for host in ("0.0.0.0", "::", "192.168.1.10", "dashboard.example.com"):
         with pytest.raises(ConfigError, match="without credentials"):
             check_bind(host, None)
-        check_bind(host, ("ops", "s3cret"))
+        check_bind(host, ("ops", "k7-vanilla-Quartz-9x"))
 
 
 def test_the_command_refuses_a_public_bind_without_credentials(database_url: str) -> None:
@@ -259,7 +260,7 @@ def test_mounts_inside_another_app(database_url: str, seeded: Seeded) -> None:
     dashboard = create_app(load_settings(database_url=database_url), credentials=None)
     host = Starlette(routes=[Mount("/ops", app=dashboard)])
     try:
-        with TestClient(host) as client:
+        with TestClient(host, base_url=LOCAL) as client:
             page = client.get("/ops/jobs")
             assert page.status_code == 200
             assert f'href="/ops/jobs/{seeded.running}"' in page.text
@@ -287,7 +288,7 @@ def test_polling_gets_the_same_page_without_consuming_the_flash(client: TestClie
 
 def test_a_database_outage_is_a_503_page_not_a_traceback() -> None:
     settings = load_settings(database_url="postgresql://nobody@127.0.0.1:1/none", startup_wait=0)
-    with TestClient(create_app(settings, credentials=None)) as client:
+    with TestClient(create_app(settings, credentials=None), base_url=LOCAL) as client:
         page = client.get("/")
         assert page.status_code == 503
         assert "Database unavailable" in page.text

@@ -273,7 +273,8 @@ def test_the_cli_shows_an_undecodable_row(database_url: str, poisoned: dict[str,
 
 @pytest.fixture
 def client(database_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(load_settings(database_url=database_url), credentials=None)) as c:
+    app = create_app(load_settings(database_url=database_url), credentials=None)
+    with TestClient(app, base_url="http://localhost") as c:  # a Host the dashboard answers
         yield c
 
 

@@ -27,12 +27,16 @@ def dashboard(
     """Serve the web dashboard: overview, jobs, long jobs, dead letters, queues, health.
 
     Listens on 127.0.0.1 unless told otherwise; on any other address it refuses to start
-    without UNBROKEN_DASHBOARD_USER and UNBROKEN_DASHBOARD_PASSWORD (HTTP basic auth).
+    without UNBROKEN_DASHBOARD_USER and UNBROKEN_DASHBOARD_PASSWORD (HTTP basic auth), or
+    with a weak password (under 12 characters, or a common one). It answers requests for
+    loopback names, the --host address, and the names in UNBROKEN_DASHBOARD_ALLOWED_HOSTS
+    (comma-separated), and refuses any other Host with a 400 (docs/security.md).
     """
     try:
         import uvicorn
 
         from unbroken.dashboard import check_bind, create_app
+        from unbroken.dashboard.edge import allowed_hosts_from_env, with_bound_host
         from unbroken.dashboard.security import credentials_from_env
     except ImportError as exc:
         raise ConfigError(
@@ -42,7 +46,14 @@ def dashboard(
     credentials = credentials_from_env()
     check_bind(host, credentials)
     settings = load_settings()
-    app = create_app(settings, read_only=read_only, credentials=credentials, poll_interval=poll)
+    hosts = with_bound_host(allowed_hosts_from_env(), host)
+    app = create_app(
+        settings,
+        read_only=read_only,
+        credentials=credentials,
+        poll_interval=poll,
+        allowed_hosts=hosts,
+    )
     shown = f"[{host}]" if ":" in host else host
     typer.echo(
         f"unbroken dashboard on http://{shown}:{port}/"

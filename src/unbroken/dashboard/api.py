@@ -17,8 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from unbroken.dashboard.pages import job_filter, overview_data, to_int, window_of
-from unbroken.errors import ConfigError
+from unbroken.dashboard.pages import overview_data, window_of
+from unbroken.dashboard.params import MAX_ID, MAX_LIMIT, int_param, job_filter
 from unbroken.ops import health
 from unbroken.ops.format import jsonable
 
@@ -41,18 +41,15 @@ class Api:
         return JSONResponse(jsonable(data))
 
     async def jobs(self, request: Request) -> Response:
-        try:
-            flt = job_filter(request.query_params)
-        except ConfigError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        before = to_int(request.query_params.get("before"))
-        limit = min(to_int(request.query_params.get("limit")) or 50, 1000)
+        flt = job_filter(request.query_params)
+        before = int_param(request.query_params, "before", high=MAX_ID)
+        limit = int_param(request.query_params, "limit", high=MAX_LIMIT) or 50
         rows = await self.d.store(lambda s: s.job_list(flt, limit=limit, before_id=before))
         return JSONResponse(jsonable({"filter": flt.describe(), "jobs": rows}))
 
     async def job(self, request: Request) -> Response:
-        job_id = to_int(request.path_params["job_id"]) or 0
-        job = await self.d.store(lambda s: s.job_get(job_id))
+        job_id: int = request.path_params["job_id"]
+        job = await self.d.store(lambda s: s.job_get(job_id)) if job_id <= MAX_ID else None
         if job is None:
             return JSONResponse({"error": f"no job {job_id}"}, status_code=404)
         data = jsonable(job)

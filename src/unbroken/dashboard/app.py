@@ -10,8 +10,11 @@ URL every few seconds and swaps those regions in, so rendering stays in one plac
 templates) and the script stays small. Chart data travels inside a region as JSON. The same
 data is available as JSON under /api/ for scripts.
 
-Every action is a POST with a CSRF token (see security.py); a read-only app renders no
-action and refuses every POST.
+Every action is a POST with a CSRF token and from this origin (see security.py); a
+read-only app renders no action and refuses every POST. Every request passes the Host
+allow-list and every response carries the security headers (edge.py); a parameter the
+dashboard cannot use is a 400 with its reason (params.py), and a 503 means the database
+did not answer within DB_WAIT seconds.
 
 Here: the dashboard's state (its database, opened once) and the URL map. The routes are in
 pages.py (HTML) and api.py (JSON, probes, metrics); templates in render.py.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 import psycopg
@@ -35,9 +38,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from unbroken.dashboard.api import Api
+from unbroken.dashboard.edge import HostAllowList, SecurityHeaders, allowed_hosts_from_env
 from unbroken.dashboard.pages import Pages
+from unbroken.dashboard.params import BadRequest
 from unbroken.dashboard.render import HERE, Renderer
 from unbroken.dashboard.security import BasicAuth, Csrf, credentials_from_env
+from unbroken.dashboard.throttle import LoginThrottle
 from unbroken.db._sync.pool import Database
 from unbroken.db.conninfo import redact
 from unbroken.db.stats import PoolStats
@@ -48,6 +54,9 @@ from unbroken.ops.store import OperatorStore
 from unbroken.settings import Settings, load_settings
 
 POOL_ROLE = "dashboard"
+# Seconds a page waits for a connection: the dashboard's own queries take milliseconds, so
+# longer means the database is away (a page says so now, not after pool_acquire_timeout).
+DB_WAIT = 2.0
 T = TypeVar("T")
 
 
@@ -90,7 +99,9 @@ class Dashboard:
                 self._database = Database(target.conninfo, self.settings)
             if not self._opened:
                 self._database.pool(POOL_ROLE)
-                self._database.open(POOL_ROLE)
+                # One attempt, no start-up wait: a page answers 503 now, and tries again
+                # at the next request.
+                self._database.open(POOL_ROLE, startup_wait=0)
                 store = OperatorStore(self._database.pool(POOL_ROLE), self.settings.schema_name)
                 self.metrics_registry.register(DatabaseCollector(store))
                 self.metrics_registry.register(PoolCollector(self._database.stats))
@@ -106,7 +117,7 @@ class Dashboard:
     def run(self, fn: Callable[[OperatorStore], T]) -> T:
         """`fn(store)` on one pooled connection (one checkout per request, not per query)."""
         pool = self.database().pool(POOL_ROLE)
-        with pool.connection() as conn:
+        with pool.connection(timeout=min(DB_WAIT, self.settings.pool_acquire_timeout)) as conn:
             return fn(OperatorStore(conn, self.settings.schema_name))
 
     async def store(self, fn: Callable[[OperatorStore], T]) -> T:
@@ -132,6 +143,8 @@ def create_app(
     secret: bytes | None = None,
     poll_interval: float = 3.0,
     title: str = "unbroken",
+    allowed_hosts: Sequence[str] | None = None,
+    login_throttle: LoginThrottle | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI app.
 
@@ -139,7 +152,9 @@ def create_app(
     by default one is made from `settings`. `credentials`: (user, password) for HTTP basic
     auth; True (default) reads UNBROKEN_DASHBOARD_USER/PASSWORD, None or False means none.
     `secret` signs CSRF tokens (random per app by default; give one when several processes
-    serve the same users).
+    serve the same users). `allowed_hosts`: the Host names it answers besides loopback ones
+    (default: UNBROKEN_DASHBOARD_ALLOWED_HOSTS; ".example.com" for a domain, "*" for any).
+    `login_throttle`: how failed logins are slowed down (throttle.py; defaults there).
     """
     settings = settings or load_settings()
     if credentials is True:
@@ -188,18 +203,26 @@ def create_app(
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
 
-    async def database_down(request: Request, exc: Exception) -> Response:
-        reason = f"the database did not answer: {exc}"
+    def refusal(request: Request, status: int, reason: str) -> Response:
         if request.url.path.removeprefix(request.scope.get("root_path", "")).startswith("/api/"):
-            return JSONResponse({"error": reason}, status_code=503)
-        return d.view.error(request, 503, reason)
+            return JSONResponse({"error": reason}, status_code=status)
+        return d.view.error(request, status, reason)
 
-    middleware = [Middleware(BasicAuth, credentials=creds)] if creds else []
+    async def database_down(request: Request, exc: Exception) -> Response:
+        return refusal(request, 503, f"the database did not answer: {exc}")
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return refusal(request, 400, str(exc))
+
+    hosts = allowed_hosts_from_env() if allowed_hosts is None else list(allowed_hosts)
+    middleware = [Middleware(SecurityHeaders), Middleware(HostAllowList, hosts=hosts)]
+    if creds:
+        middleware.append(Middleware(BasicAuth, credentials=creds, throttle=login_throttle))
     app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={DatabaseDown: database_down},
+        exception_handlers={DatabaseDown: database_down, BadRequest: bad_request},
     )
     app.state.dashboard = d
     return app

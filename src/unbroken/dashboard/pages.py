@@ -8,7 +8,6 @@ ends in a redirect that says what it did.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -16,9 +15,14 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from unbroken.dashboard.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER
-from unbroken.errors import ConfigError
-from unbroken.ops.filters import JobFilter
+from unbroken.dashboard.params import (
+    MAX_ID,
+    filter_values,
+    int_param,
+    job_filter,
+    text_param,
+)
+from unbroken.dashboard.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, foreign_post
 from unbroken.ops.rows import DeadGroup
 from unbroken.ops.store import (
     CANCELLABLE_STATES,
@@ -33,7 +37,6 @@ if TYPE_CHECKING:
 
 # The overview's chart windows: name -> (seconds, bucket seconds).
 WINDOWS = {"1h": (3600, 60), "6h": (21600, 300), "24h": (86400, 900), "7d": (604800, 3600)}
-FILTER_KEYS = ("state", "queue", "task", "older_than", "args")
 
 
 def window_of(request: Request) -> str:
@@ -74,23 +77,6 @@ def overview_data(d: Dashboard, s: OperatorStore, window: str) -> dict[str, Any]
     }
 
 
-def filter_values(values: Mapping[str, Any]) -> dict[str, str]:
-    """The job filter's fields that are set, from a query string or a form."""
-    return {k: v for k in FILTER_KEYS if isinstance(v := values.get(k), str) and v}
-
-
-def job_filter(values: Mapping[str, Any]) -> JobFilter:
-    """The job filter a query string or a form describes (a ConfigError when it is wrong)."""
-    return JobFilter.build(**{k: v or None for k, v in filter_values(values).items()})
-
-
-def to_int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
 class Pages:
     """The HTML routes of one dashboard."""
 
@@ -102,8 +88,9 @@ class Pages:
         """The form of a genuine action, or the 403 that refuses it."""
         if self.d.read_only:
             return self.view.error(request, 403, "the dashboard is read-only")
-        if request.headers.get("sec-fetch-site") == "cross-site":
-            return self.view.error(request, 403, "cross-site request refused")
+        foreign = foreign_post(request.headers, request.url.scheme)
+        if foreign:
+            return self.view.error(request, 403, foreign)
         form = await request.form()
         values = {k: v for k, v in form.items() if isinstance(v, str)}
         submitted = values.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
@@ -132,11 +119,8 @@ class Pages:
 
     # --- jobs ---------------------------------------------------------------------------
     async def jobs(self, request: Request) -> Response:
-        try:
-            flt = job_filter(request.query_params)
-        except ConfigError as exc:
-            return self.view.error(request, 400, str(exc), nav="jobs")
-        before = to_int(request.query_params.get("before"))
+        flt = job_filter(request.query_params)
+        before = int_param(request.query_params, "before", high=MAX_ID)
 
         def read(s: OperatorStore) -> dict[str, Any]:
             return {
@@ -204,8 +188,8 @@ class Pages:
         )
 
     async def job(self, request: Request) -> Response:
-        job_id = to_int(request.path_params["job_id"])
-        job = await self.d.store(lambda s: s.job_get(job_id or 0))
+        job_id: int = request.path_params["job_id"]
+        job = await self.d.store(lambda s: s.job_get(job_id)) if job_id <= MAX_ID else None
         if job is None:
             return self.view.error(request, 404, f"no job {job_id}", nav="jobs")
         return self.view.page(
@@ -227,7 +211,9 @@ class Pages:
         if isinstance(posted, Response):
             return posted
         _, action = posted
-        job_id = to_int(request.path_params["job_id"]) or 0
+        job_id: int = request.path_params["job_id"]
+        if job_id > MAX_ID:
+            return self.view.error(request, 404, f"no job {job_id}", nav="jobs")
         if action == "retry":
             done = await self.d.store(lambda s: s.job_retry([job_id]))
             message = f"Job {job_id} queued again." if done else f"Job {job_id} was not retried."
@@ -259,7 +245,7 @@ class Pages:
 
     async def dead_confirm(self, request: Request) -> Response:
         action = request.query_params.get("action", "")
-        key = request.query_params.get("key") or None
+        key = text_param(request.query_params, "key")
         if action not in ("retry", "purge"):
             return self.view.error(request, 400, "unknown action")
 
@@ -283,7 +269,7 @@ class Pages:
         if isinstance(posted, Response):
             return posted
         form, action = posted
-        key = form.get("key") or None
+        key = text_param(form, "key")
         if action == "retry":
             result = await self.d.store(lambda s: s.dead_letter_retry(DeadLetterFilter(key)))
             message = f"Retried {result.changed} of {result.matched} dead job(s)."
@@ -308,7 +294,7 @@ class Pages:
         if isinstance(posted, Response):
             return posted
         form, action = posted
-        name = form.get("name", "")
+        name = text_param(form, "name")
         if not name:
             return self.view.error(request, 400, "no queue named")
         paused = action == "pause"

@@ -13,8 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from unbroken.enqueue import unstorable_in
 from unbroken.errors import ConfigError
-from unbroken.ops.format import format_age
+from unbroken.ops.format import clip, format_age
+from unbroken.settings import MAX_SECONDS
 from unbroken.states import JobState
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)
@@ -34,7 +36,18 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if not compact or pos != len(compact):
         raise ConfigError(f"{text!r} is not a duration (examples: 30s, 5m, 1h30m, 2d)")
+    if total > MAX_SECONDS:  # also what PostgreSQL's interval arithmetic could not take
+        raise ConfigError(f"{clip(text, 40)!r} is too long a duration: at most 10 years (3650d)")
     return total
+
+
+def storable(what: str, text: str) -> str:
+    """`text`, if PostgreSQL can hold it; else a ConfigError naming `what` and the problem
+    (a NUL character or a lone surrogate: no text or jsonb value stores either)."""
+    problem = unstorable_in(json.dumps(text))
+    if problem:
+        raise ConfigError(f"{what} holds {problem}, which PostgreSQL cannot store")
+    return text
 
 
 def job_states(names: Iterable[str]) -> tuple[JobState, ...]:
@@ -47,6 +60,26 @@ def job_states(names: Iterable[str]) -> tuple[JobState, ...]:
             known = ", ".join(JobState)
             raise ConfigError(f"unknown job state {name!r} (one of: {known})") from None
     return tuple(found)
+
+
+def args_object(text: str) -> str | None:
+    """An args filter that is a JSON object, as the JSON the query compares; else None."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    return json.dumps(parsed) if isinstance(parsed, dict) else None
+
+
+def checked_args(text: str) -> str:
+    """An args filter PostgreSQL can compare: in the text and, when it is a JSON object, in
+    what it decodes to (`{"k": "\\u0000"}` is valid JSON, but no jsonb value holds it)."""
+    storable("args", text)
+    as_json = args_object(text)
+    problem = unstorable_in(as_json) if as_json else None
+    if problem:
+        raise ConfigError(f"args holds {problem}, which PostgreSQL cannot store")
+    return text
 
 
 @dataclass(frozen=True)
@@ -80,10 +113,10 @@ class JobFilter:
             age = float(older_than)
         return cls(
             states=job_states(state) if state else None,
-            queue=queue or None,
-            task=task or None,
+            queue=storable("queue", queue) if queue else None,
+            task=storable("task", task) if task else None,
             older_than=age,
-            args=args.strip() if args and args.strip() else None,
+            args=checked_args(args.strip()) if args and args.strip() else None,
         )
 
     def restricted_to(self, allowed: Sequence[JobState]) -> JobFilter:
@@ -94,17 +127,8 @@ class JobFilter:
 
     def params(self) -> dict[str, Any]:
         """The `job_filter` condition's parameters (sql/admin.sql)."""
-        args_json: str | None = None
-        args_text: str | None = None
-        if self.args is not None:
-            try:
-                parsed = json.loads(self.args)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                args_json = json.dumps(parsed)
-            else:
-                args_text = self.args
+        args_json = None if self.args is None else args_object(self.args)
+        args_text = self.args if args_json is None else None
         return {
             "states": None if self.states is None else [str(s) for s in self.states],
             "queue": self.queue,

@@ -148,9 +148,13 @@ class AsyncRolePool:
 
     # --- connections -------------------------------------------------------------------------
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
-        """A live connection in autocommit mode; it goes back to the pool idle, always."""
-        conn = await self._checkout()
+    async def connection(
+        self, *, timeout: float | None = None
+    ) -> AsyncIterator[AsyncConnection[Any]]:
+        """A live connection in autocommit mode; it goes back to the pool idle, always.
+
+        `timeout`: seconds to wait for one (default: pool_acquire_timeout)."""
+        conn = await self._checkout(timeout)
         try:
             yield conn
         except BaseException as exc:
@@ -207,12 +211,13 @@ class AsyncRolePool:
                 )
                 await asleep(delay)
 
-    async def _checkout(self) -> AsyncConnection[Any]:
+    async def _checkout(self, timeout: float | None = None) -> AsyncConnection[Any]:
         if not self._opened:
             # A pool handed out before anyone opened it (a role added to an open Database:
             # `app.database().pool("metrics")`) opens on first use, like the App's own.
             await self.open()
-        deadline = time.monotonic() + self.settings.pool_acquire_timeout
+        wait = self.settings.pool_acquire_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         while True:
             conn = await self._pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
             if recently_alive(conn, self.settings.pool_check_after):
@@ -255,11 +260,15 @@ class AsyncRolePool:
         )
 
 
-async def wait_until_reachable(conninfo: str, settings: Settings) -> None:
-    """Connect once, retrying with backoff and jitter for up to `settings.startup_wait`."""
+async def wait_until_reachable(
+    conninfo: str, settings: Settings, startup_wait: float | None = None
+) -> None:
+    """Connect once, retrying with backoff and jitter for up to `startup_wait` seconds
+    (default: `settings.startup_wait`; 0 tries once)."""
+    total = settings.startup_wait if startup_wait is None else startup_wait
     policy = BackoffPolicy(settings.startup_backoff_base, settings.startup_backoff_cap)
-    backoff = Backoff(policy, give_up_after=settings.startup_wait)
-    planned = policy_attempts(policy, settings.startup_wait)
+    backoff = Backoff(policy, give_up_after=total)
+    planned = policy_attempts(policy, total)
     kwargs = connection_kwargs(settings, role="startup")
     while True:
         try:
@@ -321,9 +330,10 @@ class AsyncDatabase:
             self._pools[role] = existing
         return existing
 
-    async def open(self, *roles: str) -> None:
-        """Wait for the server once, then open the named pools (all created ones if none)."""
-        await wait_until_reachable(self.conninfo, self.settings)
+    async def open(self, *roles: str, startup_wait: float | None = None) -> None:
+        """Wait for the server once (for `startup_wait` seconds, default the setting's),
+        then open the named pools (all created ones if none)."""
+        await wait_until_reachable(self.conninfo, self.settings, startup_wait)
         for role in roles or tuple(self._pools):
             await self.pool(role)._start()
 
