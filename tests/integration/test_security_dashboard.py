@@ -116,7 +116,7 @@ def test_every_response_carries_the_security_headers(base: str, seeded: Seeded) 
             assert "unsafe-eval" not in csp, where
             assert r.headers.get("x-frame-options") == "DENY", where
             assert r.headers.get("x-content-type-options") == "nosniff", where
-            assert r.headers.get("referrer-policy") == "no-referrer", where
+            assert r.headers.get("referrer-policy") == "same-origin", where
         # ...and the pages need nothing that policy blocks.
         for path in (*PAGES, f"/jobs/{seeded.running}", "/jobs/confirm?action=retry"):
             parser = Inline()

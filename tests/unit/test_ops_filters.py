@@ -53,3 +53,24 @@ def test_describe_and_durations() -> None:
     assert parse_duration("1w") == 604800
     with pytest.raises(ConfigError, match="not a duration"):
         parse_duration("5 parsecs")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"queue": "etl\x00"}, "queue holds a NUL character"),
+        ({"task": "\udc80"}, "task holds a lone surrogate"),
+        ({"args": "a\x00b"}, "args holds a NUL character"),
+        ({"args": '{"k": "\\u0000"}'}, "args holds a NUL character"),
+        ({"args": '{"k": "\\ud800"}'}, "args holds a lone surrogate"),
+        ({"older_than": "9" * 30 + "d"}, "too long a duration: at most 10 years"),
+    ],
+)
+def test_input_postgresql_cannot_take_is_refused(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        JobFilter.build(**kwargs)
+
+
+def test_json_escapes_postgresql_can_take_still_match() -> None:
+    assert JobFilter.build(args='{"k": "\\u00e9"}').params()["args_json"] == '{"k": "\\u00e9"}'
+    assert JobFilter.build(older_than="3650d").older_than == 3650 * 86400

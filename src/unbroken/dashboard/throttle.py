@@ -4,7 +4,9 @@ In process memory (one dashboard process; several processes each keep their own 
 A client's first `free_failures` wrong passwords cost nothing (typos); every further one
 locks that address out for a delay that doubles, from `base_delay` up to `max_delay`. Over
 all addresses, at most `global_per_minute` failures a minute are checked; past that every
-attempt waits until the oldest of them is a minute old. While an address or the whole
+attempt waits until the oldest of them is a minute old. An address is forgotten a day
+after its last failure (sooner only if `max_clients` addresses are being tracked), so
+waiting out a lock does not reset its count. While an address or the whole
 dashboard is throttled, credentials are not even checked (a right password is refused
 too), so a throttled guesser learns nothing. A success clears its address's count.
 
@@ -40,7 +42,7 @@ class LoginThrottle:
         base_delay: float = 1.0,
         max_delay: float = 900.0,
         global_per_minute: int = 60,
-        forget_after: float = 900.0,
+        forget_after: float = 86400.0,
         max_clients: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
