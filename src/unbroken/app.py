@@ -46,6 +46,7 @@ from unbroken.enqueue import (
     name_problem,
 )
 from unbroken.errors import ConfigError, EnqueueError, Permanent
+from unbroken.periodic import CatchUp, Schedule, schedule, with_tick
 from unbroken.settings import MAX_SECONDS, Settings, load_settings
 from unbroken.sql import Queries, queries
 
@@ -266,6 +267,7 @@ class App:
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
         self.settings = settings if settings is not None else load_settings(**overrides)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, tuple[Schedule, Task[Any, Any]]] = {}
         self.queries: Queries = queries(self.settings.schema_name)
         self._target: Target | None = None
         self._db: Database | None = None
@@ -338,6 +340,49 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        cron: str,
+        *,
+        tz: str = "UTC",
+        catch_up: CatchUp = "latest",
+        grace: float = 60.0,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int | Callable[..., int] = 0,
+        max_attempts: int = 20,
+        retry: BackoffPolicy | None = None,
+        timeout: float | None = None,
+        permanent: Sequence[type[BaseException]] | Callable[[BaseException], bool] = (),
+    ) -> Callable[[Callable[..., R]], Task[..., R]]:
+        """Register a task that every worker of this app enqueues on `cron`'s ticks, one
+        job per tick; it receives the tick (`tick: datetime`, in `tz`). unbroken.periodic
+        says how ticks, DST days and the catch-up policy work."""
+
+        def register(f: Callable[..., R]) -> Task[..., R]:
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            if task_name.startswith("__main__."):
+                qualname = task_name.removeprefix("__main__.")
+                raise ConfigError(
+                    f"periodic task {task_name}: it was defined in a script run directly, so "
+                    "a worker importing that module would know it by another name; give it "
+                    f'one: @app.periodic(..., name="myapp.{qualname}")'
+                )
+            found = schedule(task_name, cron, tz, catch_up, grace)
+            task = self.task(
+                name=task_name,
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                retry=retry,
+                timeout=timeout,
+                permanent=permanent,
+            )(with_tick(f, found.zone, task_name))
+            self.schedules[task_name] = (found, task)
+            return task
+
+        return register
 
     # --- enqueue ---------------------------------------------------------------------------
     def enqueue_many(

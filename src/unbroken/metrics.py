@@ -180,6 +180,20 @@ SPECS: tuple[Spec, ...] = (
         ("role",),
         "pool.flushed",
     ),
+    Spec(
+        "counter",
+        "unbroken_schedule_ticks_enqueued",
+        "Ticks of periodic tasks this process enqueued (one job each).",
+        ("schedule",),
+        "schedule.ticked",
+    ),
+    Spec(
+        "counter",
+        "unbroken_schedule_ticks_missed",
+        "Missed ticks of periodic tasks that the catch-up policy skipped (never enqueued).",
+        ("schedule",),
+        "schedule.ticked",
+    ),
     # --- read from the database at scrape time ----------------------------------------------
     Spec("gauge", "unbroken_jobs", "Jobs by queue and state.", ("queue", "state"), "database"),
     Spec(
@@ -325,6 +339,10 @@ class Metrics:
             m["unbroken_chunk_retries"].labels(str(f.get("task", ""))).inc()
         elif name == "pool.flushed":
             m["unbroken_pool_flushes"].labels(str(f.get("role", ""))).inc()
+        elif name == "schedule.ticked":
+            schedule = str(f.get("schedule", ""))
+            m["unbroken_schedule_ticks_enqueued"].labels(schedule).inc(f.get("enqueued", 0) or 0)
+            m["unbroken_schedule_ticks_missed"].labels(schedule).inc(f.get("missed", 0) or 0)
 
     # --- scrape-time reads --------------------------------------------------------------
     def watch_pools(self, stats: Callable[[], Sequence[PoolStats]]) -> None:

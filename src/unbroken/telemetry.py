@@ -22,6 +22,8 @@ A handler that raises is logged and never breaks the runtime.
 | chunk.committed   | job_id, task, rows, failed, duration_s                                    |
 | chunk.retried     | job_id, task, error_type, tries                                           |
 | pool.flushed      | role (stale connections were checked and replaced after an error)         |
+| schedule.ticked   | schedule, enqueued, missed: one check of a periodic task enqueued ticks   |
+|                   | or skipped missed ones (catch-up policy)                                  |
 """
 
 from __future__ import annotations

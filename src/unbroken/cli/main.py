@@ -80,7 +80,16 @@ def _register() -> None:
     from unbroken.cli import db
 
     db.register(app)
-    for name in ("worker", "jobs", "dlq", "queues", "inspect", "demo", "dashboard_cmd"):
+    for name in (
+        "worker",
+        "jobs",
+        "dlq",
+        "queues",
+        "schedules",
+        "inspect",
+        "demo",
+        "dashboard_cmd",
+    ):
         try:
             module = __import__(f"unbroken.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

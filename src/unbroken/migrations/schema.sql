@@ -138,9 +138,38 @@ CREATE TABLE unbroken.stats_minutely (
     PRIMARY KEY (minute, queue, task)
 );
 
+-- Periodic tasks (0006): each schedule, registered by every worker whose app has it, and
+-- its cursor (checked_until: every tick up to it was enqueued or skipped by the catch-up
+-- policy); a check starts from the cursor, so a restart loses no tick and a pruned tick is
+-- never due again.
+CREATE TABLE unbroken.schedules (
+    name          text PRIMARY KEY,
+    cron          text NOT NULL,
+    tz            text NOT NULL,
+    catch_up      text NOT NULL,
+    queue         text NOT NULL,
+    checked_until timestamptz NOT NULL,
+    last_tick     timestamptz,
+    last_job_id   bigint,
+    missed        bigint NOT NULL DEFAULT 0,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT schedules_catch_up_policy CHECK (catch_up IN ('none', 'latest') OR catch_up ~ '^[1-9][0-9]{0,4}$'),
+    CONSTRAINT schedules_missed_counted CHECK (missed >= 0)
+);
+
+-- One row per tick enqueued: the primary key lets exactly one job exist per (schedule,
+-- tick), whatever the number of workers checking at once. Pruned after the retention.
+CREATE TABLE unbroken.periodic_ticks (
+    name        text NOT NULL,
+    tick        timestamptz NOT NULL,
+    job_id      bigint NOT NULL,
+    enqueued_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, tick)
+);
+
 CREATE TABLE unbroken.migrations (
     version    integer PRIMARY KEY,
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path');
+INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic');

@@ -411,3 +411,37 @@ def _num(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+# --- periodic tasks --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A registered schedule: its next tick (from its cursor; in the past while no worker
+    runs it) and its latest enqueued tick with that job's state (None once pruned)."""
+
+    name: str
+    cron: str
+    tz: str
+    catch_up: str
+    queue: str
+    next_run: datetime | None
+    last_run: datetime | None
+    last_job_id: int | None
+    last_job_state: str | None
+    missed: int
+    checked_until: datetime
+    registered_at: datetime
+
+    @classmethod
+    def from_row(cls, *, last_tick: datetime | None, **columns: Any) -> ScheduleInfo:
+        from unbroken.periodic import Schedule
+
+        try:
+            shown = Schedule(columns["name"], columns["cron"], columns["tz"], "none", 1.0)
+            next_run: datetime | None = shown.local(shown.next_tick(columns["checked_until"]))
+        except Exception:  # a row written by hand with a cron or zone this version refuses
+            next_run = None
+        last_run = last_tick
+        if last_run is not None and next_run is not None:
+            last_run = last_run.astimezone(next_run.tzinfo)
+        return cls(**columns, next_run=next_run, last_run=last_run)

@@ -40,6 +40,7 @@ from unbroken.ops.rows import (
     JobSummary,
     LongJob,
     QueueInfo,
+    ScheduleInfo,
     SeriesPoint,
     StateCount,
     StuckJob,
@@ -293,6 +294,10 @@ class OperatorStore:
     def worker_list(self, silent_after_s: float = 60.0) -> list[WorkerInfo]:
         params = {"silent_after": silent_after_s}
         return self._rows("worker_list", class_row(WorkerInfo), params)
+
+    def schedule_list(self) -> list[ScheduleInfo]:
+        """Every periodic task's schedule, with its next and latest tick."""
+        return self._rows("schedule_list", kwargs_row(ScheduleInfo.from_row))
 
     def connection_list(self) -> list[ConnectionGroup]:
         return self._rows("connection_list", class_row(ConnectionGroup))

@@ -1,5 +1,5 @@
-"""A worker process: the producer, executor, completer, lease keeper, listener and (on the
-leader) maintenance, sharing one small pool.
+"""A worker process: the producer, executor, completer, lease keeper, listener, scheduler of
+periodic tasks and (on the leader) maintenance, sharing one small pool.
 
 Connections: a pool of at most 3 for the runtime's own statements (fetch, outcome batches,
 heartbeat and maintenance), plus the listener's dedicated one, whatever the concurrency.
@@ -34,6 +34,7 @@ from unbroken.runtime.leases import LeaseKeeper
 from unbroken.runtime.maintenance import Maintenance
 from unbroken.runtime.notifier import Notifier
 from unbroken.runtime.producer import Producer
+from unbroken.runtime.scheduler import Scheduler
 from unbroken.settings import Settings, describe_validation_error
 
 if TYPE_CHECKING:
@@ -113,6 +114,10 @@ class Worker:
         )
         maintenance = self.maintenance = Maintenance(pool, queries, s)
         await keeper.register()
+        scheduler = None
+        if self.app.schedules:  # every worker checks them, not only the leader
+            scheduler = Scheduler(pool, queries, list(self.app.schedules.values()), s)
+            await scheduler.register()
         self._observe(adb)
 
         background = [
@@ -132,6 +137,8 @@ class Worker:
                 name="elector",
             )
         )
+        if scheduler is not None:
+            background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
         producing = asyncio.create_task(producer.run(), name="producer")
         if self.burst:
             background.append(asyncio.create_task(self._burst_watch(producer, pool), name="burst"))
