@@ -173,10 +173,11 @@ def _ticks(
             if tick != last:
                 last = tick
                 yield tick
-        if until is None and wall.replace(tzinfo=UTC) - low > horizon:
-            # Unbounded: the offsets were sampled to a year ahead; sample again from here.
-            yield from _ticks(cron, zone, last or after, None)
-            return
+        if until is None and (wall - low).replace(tzinfo=UTC) > horizon:
+            # Unbounded: the offsets were sampled a year ahead; widen them for the next year
+            # (a wider bound only holds instants back longer).
+            horizon += timedelta(days=366)
+            high = max(high, _offset_bounds(zone, horizon - timedelta(days=366), horizon)[1])
 
 
 def schedule(name: str, cron: object, tz: object, catch_up: object, grace: object) -> Schedule:
