@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import signal
+import warnings
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,12 +20,20 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():
+    # Starlette 1.x asks for `httpx2` under its TestClient; plain httpx is what dev installs.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
 
 from apps.harness import FAST_SETTINGS, Probe, running_worker, wait_until, worker_processes
 from cli_support import cli, cli_json
 from pg import Faults
 from unbroken import App, metrics, telemetry
+from unbroken.dashboard import create_app
 from unbroken.periodic import CatchUp
+from unbroken.settings import load_settings
 
 NAME = "periodic_app.every_second"  # the same name as tests/apps/periodic_app.py's task
 DAILY = "tests.daily"
@@ -185,7 +194,9 @@ def test_after_an_outage_the_policy_decides_and_the_rest_count_as_missed(
     assert counter == missed
 
 
-def test_schedules_ls_shows_next_and_last_run(database_url: str, probe: Probe) -> None:
+def test_schedules_ls_and_the_dashboard_show_next_and_last_run(
+    database_url: str, probe: Probe
+) -> None:
     app = every_second_app(database_url)
     with running_worker(app):
         wait_more_ticks(probe, 2)
@@ -201,3 +212,9 @@ def test_schedules_ls_shows_next_and_last_run(database_url: str, probe: Probe) -
     table = cli(database_url, "schedules", "ls")
     assert table.returncode == 0, table.stderr
     assert NAME in table.stdout
+    with TestClient(create_app(load_settings(database_url=database_url), credentials=None)) as c:
+        page = c.get("/schedules")
+    assert page.status_code == 200
+    assert NAME in page.text
+    assert last.isoformat(sep=" ") in page.text
+    assert (last + timedelta(seconds=1)).isoformat(sep=" ") in page.text

@@ -190,6 +190,7 @@ def create_app(
         Route("/dead/confirm", pages.dead_confirm),
         Route("/dead/{action:str}", pages.dead_action, methods=["POST"]),
         Route("/queues", pages.queues),
+        Route("/schedules", pages.schedules),
         Route("/queues/{action:str}", pages.queue_action, methods=["POST"]),
         Route("/api/overview", api.overview),
         Route("/api/jobs", api.jobs),

@@ -1,9 +1,9 @@
 """The HTML pages and the actions their forms post.
 
-Overview, jobs (filtered, paged, one job in full), long jobs, dead letters and queues. Every
-action is a POST that `guard` lets through only with a valid CSRF token on a writable
-dashboard; a bulk action first shows a confirmation page with the count it will touch, and
-ends in a redirect that says what it did.
+Overview, jobs (filtered, paged, one job in full), long jobs, dead letters, queues and
+schedules. Every action is a POST that `guard` lets through only with a valid CSRF token
+on a writable dashboard; a bulk action first shows a confirmation page with the count it
+will touch, and ends in a redirect that says what it did.
 """
 
 from __future__ import annotations
@@ -277,6 +277,11 @@ class Pages:
             result = await self.d.store(lambda s: s.dead_letter_purge(DeadLetterFilter(key)))
             message = f"Deleted {result.changed} dead job(s)."
         return self.view.redirect(request, "/dead", message)
+
+    # --- schedules ----------------------------------------------------------------------
+    async def schedules(self, request: Request) -> Response:
+        rows = await self.d.store(lambda s: s.schedule_list())
+        return self.view.page(request, "schedules.html", nav="schedules", schedules=rows)
 
     # --- queues -------------------------------------------------------------------------
     async def queues(self, request: Request) -> Response:
