@@ -212,7 +212,10 @@ def test_schedules_ls_and_the_dashboard_show_next_and_last_run(
     table = cli(database_url, "schedules", "ls")
     assert table.returncode == 0, table.stderr
     assert NAME in table.stdout
-    with TestClient(create_app(load_settings(database_url=database_url), credentials=None)) as c:
+    with TestClient(
+        create_app(load_settings(database_url=database_url), credentials=None),
+        base_url="http://localhost",
+    ) as c:
         page = c.get("/schedules")
     assert page.status_code == 200
     assert NAME in page.text
