@@ -316,7 +316,7 @@ class JobMaker:
         self.priority = as_int(given_priority) or 0
         given_attempts = options.max_attempts if options.max_attempts is not None else max_attempts
         self.attempts = as_int(given_attempts) or 0
-        self.queue = options.queue or queue
+        self.queue = queue if options.queue is None else options.queue  # "" is refused below
         self.run_at = options.run_at
         self.delay: timedelta | None = None
         self.problem = self._problem(given_priority, given_attempts, options.delay)

@@ -329,6 +329,27 @@ class Settings(BaseSettings):
             _parse_url(value)
         return value
 
+    @field_validator("application_name")
+    @classmethod
+    def _name_sendable(cls, value: str) -> str:
+        if "\x00" in value:  # libpq takes C strings (a lone surrogate pydantic refuses)
+            raise ValueError("must not hold a NUL character")
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, value: str) -> str:
+        from unbroken.enqueue import name_problem
+
+        names = [q.strip() for q in value.split(",") if q.strip()]
+        if not names:
+            raise ValueError("names no queue (a comma-separated list of queue names)")
+        for name in names:
+            problem = name_problem("queue name", name, 128)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.pool_min_size > self.pool_max_size:
@@ -381,6 +402,11 @@ def _parse_url(value: str) -> None:
         params = conninfo_to_dict(value)
     except Exception as exc:
         raise ValueError(f"not a valid PostgreSQL URL or conninfo ({_parse_reason(exc)})") from None
+    if "@" in str(params.get("host") or ""):  # the rest of a password with an @ in it
+        raise ValueError(
+            "not a valid PostgreSQL URL or conninfo (an @ in the host: write an @ in a "
+            "user name or password as %40)"
+        )
     ports = str(params.get("port") or "5432").split(",")
     if not all(p.strip().isdigit() and 0 < int(p) < 65536 for p in ports):
         raise ValueError(f"not a valid PostgreSQL URL or conninfo (bad port {params['port']!r})")

@@ -25,6 +25,7 @@ from unbroken import App, ConfigError, EnqueueError, Task
 
 BAD_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("queue-nul", {"queue": "mail\x00"}, "queue name"),
+    ("queue-empty", {"queue": ""}, "queue name"),
     ("queue-surrogate", {"queue": "mail\udc80"}, "queue name"),
     ("unique-nul", {"unique_key": "order\x00"}, "unique key"),
     ("unique-surrogate", {"unique_key": "order\ud800"}, "unique key"),
@@ -260,3 +261,14 @@ def test_errors_say_what_was_refused_without_echoing_the_data(database_url: str)
         assert json.dumps(str(info.value))  # one printable line
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("name", ["worker\x00a", "caf\udce9"])
+def test_an_application_name_postgresql_cannot_take_is_one_config_error(
+    database_url: str, name: str
+) -> None:
+    """libpq takes C strings: a NUL would cut the name short (a lone surrogate no encoding
+    holds); refused where the settings are read, in one line."""
+    with pytest.raises(ConfigError, match=r"^application_name: ") as info:
+        App(database_url=database_url, application_name=name)
+    assert "\n" not in str(info.value)

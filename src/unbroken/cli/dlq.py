@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from unbroken.cli.inputs import group_keys, number_option
 from unbroken.cli.output import (
     JsonOpt,
     QueueOpt,
@@ -46,7 +47,9 @@ def register(app: typer.Typer) -> None:
 def dlq_ls(
     queue: QueueOpt = None,
     task: TaskOpt = None,
-    limit: Annotated[int, typer.Option(min=1, help="Groups to show.")] = 50,
+    limit: Annotated[
+        int, typer.Option(help="Groups to show.", callback=number_option("--limit", 1, 10_000))
+    ] = 50,
     as_json: JsonOpt = False,
 ) -> None:
     """Dead jobs grouped by queue, task, error type and message, largest group first."""
@@ -90,7 +93,9 @@ def dlq_ls(
     console.print("[dim]retry or purge a group: unbroken dlq retry KEY / unbroken dlq purge KEY[/]")
 
 
-KeysArg = Annotated[list[str] | None, typer.Argument(help="Group keys from `dlq ls`.")]
+KeysArg = Annotated[
+    list[str] | None, typer.Argument(help="Group keys from `dlq ls`.", callback=group_keys)
+]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every dead job (with the filters).")]
 # A dead-letter action: OperatorStore.dead_letter_retry or dead_letter_purge.
 Action = Callable[[OperatorStore, DeadLetterFilter, Progress], BulkResult]

@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from unbroken.cli.inputs import number_option
 from unbroken.cli.output import (
     JsonOpt,
     cell,
@@ -180,7 +181,12 @@ def health(
     live: Annotated[
         bool, typer.Option("--live", help="Probe: exit 0 when the database answers, else 1.")
     ] = False,
-    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the database.")] = 5,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for the database.", callback=number_option("--timeout", 1, 3600)
+        ),
+    ] = 5,
     as_json: JsonOpt = False,
 ) -> None:
     """Health score with its reasons (exit 1 when unhealthy); --ready/--live for probes."""

@@ -18,6 +18,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from unbroken.cli.inputs import args_filter, id_option, job_id, job_ids, number_option
 from unbroken.cli.output import (
     STATE_STYLE,
     JsonOpt,
@@ -57,6 +58,7 @@ ArgsOpt = Annotated[
         "--args",
         help="Arguments: a JSON object matches by containment ('{\"user\": 5}'), "
         "other text by substring.",
+        callback=args_filter,
     ),
 ]
 
@@ -80,7 +82,10 @@ def jobs_ls(
     args: ArgsOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=10000, help="Rows to show.")] = 50,
     before: Annotated[
-        int | None, typer.Option(help="Only ids below this one (the next page).")
+        int | None,
+        typer.Option(
+            help="Only ids below this one (the next page).", callback=id_option("--before")
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -125,7 +130,7 @@ def jobs_ls(
 
 @jobs_app.command("show")
 def jobs_show(
-    job_id: Annotated[int, typer.Argument(help="The job's id.")],
+    job_id: Annotated[int, typer.Argument(help="The job's id.", callback=job_id)],
     as_json: JsonOpt = False,
 ) -> None:
     """Show one job: arguments, every attempt's error and traceback, progress and lease."""
@@ -210,10 +215,14 @@ def _progress_text(v: ProgressView) -> str:
 
 @jobs_app.command("watch")
 def jobs_watch(
-    job_id: Annotated[int, typer.Argument(help="The job's id.")],
+    job_id: Annotated[int, typer.Argument(help="The job's id.", callback=job_id)],
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between reads.")] = 1.0,
     timeout: Annotated[
-        float | None, typer.Option(help="Give up after this many seconds (exit 1).")
+        float | None,
+        typer.Option(
+            help="Give up after this many seconds (exit 1).",
+            callback=number_option("--timeout", 0, 1e9),
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -313,7 +322,8 @@ class BulkAction:
 
         def command(
             ids: Annotated[
-                list[int] | None, typer.Argument(help="Job ids (else: use filters).")
+                list[int] | None,
+                typer.Argument(help="Job ids (else: use filters).", callback=job_ids),
             ] = None,
             state: StateOpt = None,
             queue: QueueOpt = None,

@@ -1,7 +1,9 @@
 """Entry point: builds the Typer app and turns unbroken's errors into one line + exit code.
 
-A user who mistypes a setting or a URL gets one line naming the problem and exit code 2,
-never a traceback; an unreachable database is exit code 3.
+A user who mistypes a setting, a URL or an option gets one line naming the problem and exit
+code 2, never a traceback; an unreachable database is exit code 3. A value the database
+refuses all the same (the options are checked as they are parsed: unbroken.cli.inputs) is
+bad input too; a role without the privileges a command needs is a runtime error, 1.
 
 How a command reaches its database is decided here, once, by the command's name (`ACCESS`):
 only the commands that run work may start the embedded server, and only a worker waits for
@@ -15,9 +17,11 @@ import logging
 import os
 import sys
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from unbroken.db.target import Access, set_access
 from unbroken.errors import (
@@ -130,6 +134,11 @@ def setup_logging(verbose: bool = False, log_format: str | None = None) -> None:
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> None:
     _register()
     previous = set_access(LOOK_ONLY)  # the callback sets each command's; restored at the end
@@ -143,6 +152,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(3)
     except (MigrationError, UnbrokenError) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except psycopg.DataError as exc:  # a value no check foresaw: still the input's fault
+        line = escape(first_line(exc))
+        err_console.print(f"[red]error:[/red] the database refused a value: {line}", soft_wrap=True)
+        sys.exit(2)
+    except psycopg.errors.InsufficientPrivilege as exc:  # outside the operator store
+        line = escape(first_line(exc))
+        err_console.print(f"[red]error:[/red] {line} (see docs/security.md)", soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
+import psycopg
 import typer
 from rich import box
 from rich.cells import cell_len
@@ -34,6 +35,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from unbroken.cli.inputs import text_option
 from unbroken.db._sync.pool import Database
 from unbroken.db.target import resolve_target
 from unbroken.errors import ConfigError, UnbrokenError
@@ -61,11 +63,17 @@ STATE_STYLE = {
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-QueueOpt = Annotated[str | None, typer.Option("--queue", "-q", help="Only this queue.")]
+QueueOpt = Annotated[
+    str | None,
+    typer.Option("--queue", "-q", help="Only this queue.", callback=text_option("--queue")),
+]
 TaskOpt = Annotated[
     str | None,
     typer.Option(
-        "--task", "-t", help="Only this task: its full name, or the end after a dot (send_welcome)."
+        "--task",
+        "-t",
+        help="Only this task: its full name, or the end after a dot (send_welcome).",
+        callback=text_option("--task"),
     ),
 ]
 
@@ -87,6 +95,12 @@ def open_store(require_schema: bool = True, **overrides: Any) -> Iterator[Operat
                 "run `unbroken db migrate` (workers also migrate when they start)"
             )
         yield store
+    except psycopg.errors.InsufficientPrivilege as exc:
+        role = store.session_role()
+        raise UnbrokenError(
+            f"{str(exc).strip().splitlines()[0]} (role {role}): grant it what docs/security.md "
+            "lists for its use"
+        ) from None
     finally:
         database.close()
 

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from unbroken.cli.inputs import queue_name
 from unbroken.cli.output import JsonOpt, console, emit_json, err, open_store, show_table
 from unbroken.ops.format import format_age
 
@@ -93,7 +94,8 @@ def _set_paused(name: str, paused: bool, as_json: bool) -> None:
 
 @queues_app.command("pause")
 def queues_pause(
-    name: Annotated[str, typer.Argument(help="The queue.")], as_json: JsonOpt = False
+    name: Annotated[str, typer.Argument(help="The queue.", callback=queue_name)],
+    as_json: JsonOpt = False,
 ) -> None:
     """Stop workers from fetching jobs from this queue (running jobs finish)."""
     _set_paused(name, True, as_json)
@@ -101,7 +103,8 @@ def queues_pause(
 
 @queues_app.command("resume")
 def queues_resume(
-    name: Annotated[str, typer.Argument(help="The queue.")], as_json: JsonOpt = False
+    name: Annotated[str, typer.Argument(help="The queue.", callback=queue_name)],
+    as_json: JsonOpt = False,
 ) -> None:
     """Let workers fetch from this queue again."""
     _set_paused(name, False, as_json)

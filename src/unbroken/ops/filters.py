@@ -1,5 +1,9 @@
 """What an operator narrows jobs by, from loose input ('dead,cancelled', '2h', '{"user": 5}').
 
+Input no query could use is a ConfigError naming it, before any statement runs: a job id
+beyond bigint, a duration past what a timestamp holds, text PostgreSQL cannot store (a NUL
+character, a lone surrogate: what bytes that are not UTF-8 become on a command line).
+
 `JobFilter.params()` fills the optional parameters of the `job_filter` condition in
 sql/admin.sql, where every field is `(%(x)s IS NULL OR ...)`: one fixed statement serves
 every combination and nothing is built from the operator's text.
@@ -8,6 +12,7 @@ every combination and nothing is built from the operator's text.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +26,47 @@ from unbroken.states import JobState
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Job ids are bigint. (Durations are bounded by MAX_SECONDS, in settings.)
+MAX_JOB_ID = 2**63 - 1
+
+
+def text_problem(text: str) -> str | None:
+    """What PostgreSQL could not store in `text` (said as "holds ..."), or None."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found[0] == "\x00":
+        return "holds a NUL character"
+    return "holds a lone surrogate (bytes that are not UTF-8)"
+
+
+def args_problem(text: str) -> str | None:
+    """What no query could match with this `args` filter: text PostgreSQL cannot store, or a
+    JSON object holding such text or a number JSON cannot (1e999 reads as Infinity)."""
+    problem = text_problem(text)
+    if problem is not None:
+        return problem
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return None  # plain text: matched by substring
+    if not isinstance(parsed, dict):
+        return None
+    try:
+        bad = unstorable_in(json.dumps(parsed, allow_nan=False))
+    except ValueError:
+        return "holds a number JSON cannot hold (Infinity or NaN)"
+    except RecursionError:
+        return "is nested too deeply"
+    return None if bad is None else f"holds {bad}, which PostgreSQL cannot store as text"
+
+
+def check_job_id(job_id: int, what: str = "job id") -> int:
+    """`job_id` if it can be one (1 to bigint's maximum), else a ConfigError."""
+    if not 1 <= job_id <= MAX_JOB_ID:
+        raise ConfigError(f"{what} {job_id} is out of range (1 to {MAX_JOB_ID})")
+    return job_id
 
 
 def parse_duration(text: str) -> float:
@@ -36,7 +82,8 @@ def parse_duration(text: str) -> float:
         pos = match.end()
     if not compact or pos != len(compact):
         raise ConfigError(f"{text!r} is not a duration (examples: 30s, 5m, 1h30m, 2d)")
-    if total > MAX_SECONDS:  # also what PostgreSQL's interval arithmetic could not take
+    # MAX_SECONDS is also within what PostgreSQL's interval arithmetic can take.
+    if not math.isfinite(total) or total > MAX_SECONDS:
         raise ConfigError(f"{clip(text, 40)!r} is too long a duration: at most 10 years (3650d)")
     return total
 
@@ -95,6 +142,15 @@ class JobFilter:
     def __post_init__(self) -> None:
         if self.states is not None:
             object.__setattr__(self, "states", job_states(self.states))
+        for what, text in (("queue", self.queue), ("task", self.task)):
+            problem = None if text is None else text_problem(text)
+            if problem is not None:
+                raise ConfigError(f"{what} {problem}")
+        problem = None if self.args is None else args_problem(self.args)
+        if problem is not None:
+            raise ConfigError(f"args filter {problem}")
+        if self.older_than is not None and not 0 <= self.older_than <= MAX_SECONDS:
+            raise ConfigError(f"older than {self.older_than} s: 0 to 100 years")
 
     @classmethod
     def build(

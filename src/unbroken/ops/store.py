@@ -302,6 +302,11 @@ class OperatorStore:
     def connection_list(self) -> list[ConnectionGroup]:
         return self._rows("connection_list", class_row(ConnectionGroup))
 
+    def session_role(self) -> str:
+        """The role this store's sessions run as (what a "permission denied" is about)."""
+        role: str = self._one("session_role", scalar_row)
+        return role
+
     def schema_version(self) -> int | None:
         """The newest applied migration, or None when the schema is not there at all."""
         try:

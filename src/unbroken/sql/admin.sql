@@ -332,6 +332,10 @@ SELECT
      WHERE heartbeat_at < now() - make_interval(secs => %(silent_after)s::float8))
         AS silent_workers
 
+-- name: session_role
+-- The role the session runs as: named in a "permission denied" error, with what to grant it.
+SELECT current_user::pg_catalog.text AS role
+
 -- name: schema_version
 -- The newest migration applied (errors when the schema is missing: then nothing else works either).
 SELECT max(version) AS version FROM unbroken.migrations
