@@ -23,6 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from apps.harness import FAST_SETTINGS, Probe, running_worker, wait_until
+from ops_seed import seed
 from unbroken import App, AsyncChunk, Permanent, Task, arun_chunks, migrations
 from unbroken.db._sync.pool import Database
 from unbroken.db.conninfo import connection_kwargs, session_statement, transaction_statement
@@ -112,7 +113,20 @@ PLANTED = {
 }
 
 
-def plant(roles: Roles) -> None:
+# What the operator store's SQL (sql/admin.sql) calls with argument types a plant in public
+# matches better; the store may run on the caller's connection, with the caller's path.
+PLANTED_FOR_OPS = {
+    # stats_series (the dashboard's charts): to_timestamp(floor(...) * bucket) is numeric
+    "to_timestamp(numeric)": ("timestamptz", "SELECT pg_catalog.to_timestamp($1::float8)"),
+    # queue_list: each priority's backlog, jsonb_build_object(variadic "any")
+    "jsonb_build_object(text, smallint, text, bigint, text, double precision)": (
+        "jsonb",
+        "SELECT pg_catalog.jsonb_build_object($1, $2, $3, $4, $5, $6)",
+    ),
+}
+
+
+def plant(roles: Roles, planted: dict[str, tuple[str, str]] = PLANTED) -> None:
     roles.create("attacker")
     roles.admin(
         "GRANT CREATE ON SCHEMA public TO unbroken_attacker".replace("unbroken", roles.prefix)
@@ -122,7 +136,7 @@ def plant(roles: Roles) -> None:
             "CREATE TABLE public.hits (fn text NOT NULL, by_role text DEFAULT current_user)"
         )
         conn.execute("GRANT INSERT, SELECT ON public.hits TO PUBLIC")
-        for signature, (returns, body) in PLANTED.items():
+        for signature, (returns, body) in planted.items():
             name = signature.split("(")[0]
             conn.execute(
                 f"CREATE FUNCTION public.{signature} RETURNS {returns} LANGUAGE sql AS $$ "
@@ -201,6 +215,43 @@ def test_enqueue_and_the_worker_never_call_objects_planted_in_public(
     finally:
         app.close()
     assert sorted(set(hits(probe))) == []
+
+
+def test_the_operator_store_on_a_callers_connection_never_calls_objects_planted_in_public(
+    database_url: str, roles: Roles, probe: Probe
+) -> None:
+    """`OperatorStore(conn)` on the caller's own session (search_path "$user", public), in
+    autocommit and inside the caller's transaction: the store's statements run with our
+    search_path, and the caller's is as it was afterwards."""
+    plant(roles, PLANTED_FOR_OPS)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrations.migrate(conn)
+        seed(conn)
+        premise = conn.execute(
+            "SELECT to_timestamp(floor(1.5::numeric) * 60::int),"
+            " jsonb_build_object('a', 1::smallint, 'b', 2::bigint, 'c', 0.5::float8)"
+        )
+        assert premise.fetchone() is not None
+    assert hits(probe) == ["jsonb_build_object", "to_timestamp"]  # the premise
+    probe.rows("DELETE FROM public.hits")
+
+    def use(store: OperatorStore) -> None:
+        assert store.stats_series(window_s=600)
+        assert any(q.priorities for q in store.queue_list())
+        assert store.job_count(JobFilter.build(state="dead")) > 0
+        store.job_retry([])
+
+    with psycopg.connect(database_url, autocommit=True) as mine:
+        use(OperatorStore(mine))
+        assert mine.execute("SHOW search_path").fetchone() == ('"$user", public',)
+    with psycopg.connect(database_url) as mine:
+        mine.execute("SET LOCAL search_path = public, pg_catalog")  # the caller's own
+        use(OperatorStore(mine))
+        assert mine.execute("SHOW search_path").fetchone() == ("public, pg_catalog",)
+        assert mine.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        mine.rollback()
+        assert mine.execute("SHOW search_path").fetchone() == ('"$user", public',)
+    assert hits(probe) == []
 
 
 def test_every_session_of_ours_searches_the_catalog_and_our_schema_only(database_url: str) -> None:

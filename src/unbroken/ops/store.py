@@ -3,7 +3,11 @@
 One small sync class over the named queries in `sql/admin.sql` (and the guarded writes in
 `sql/jobs.sql`), so the CLI and the dashboard cannot disagree about what "stuck" or "a
 dead-letter group" means. It takes either one connection (tests, scripts) or a pool from
-`Database(...).pool(role)`, from which it borrows a connection per call. Every query's rows
+`Database(...).pool(role)`, from which it borrows a connection per call. A pool's sessions
+search pg_catalog and our schema only; a connection given to it may be the caller's, whose
+search_path would let a function planted in `public` outmatch a built-in our SQL calls
+(docs/security.md): each call runs in a transaction (a savepoint in the caller's) with our
+search_path set for it, and the caller's set back after. Every query's rows
 come back typed (unbroken.ops.rows), and every json/jsonb value is decoded by
 `lenient_loads` on the store's own cursors (unbroken.ops.format).
 
@@ -27,6 +31,7 @@ from psycopg.rows import RowFactory, class_row, kwargs_row, scalar_row
 from psycopg.types.json import set_json_loads
 
 from unbroken.db._sync.pool import RolePool
+from unbroken.db.conninfo import safe_search_path
 from unbroken.errors import ConfigError
 from unbroken.ops.filters import JobFilter
 from unbroken.ops.format import lenient_loads
@@ -106,8 +111,14 @@ class OperatorStore:
         if isinstance(self._source, RolePool):
             with self._source.connection() as conn:
                 yield conn
-        else:
-            yield self._source
+            return
+        conn = self._source
+        path_set = statement(self._schema, "session_search_path_set")
+        with conn.transaction(), conn.cursor(row_factory=scalar_row) as cur:
+            previous = cur.execute(statement(self._schema, "session_search_path")).fetchone()
+            cur.execute(path_set, {"path": safe_search_path(self._schema)})
+            yield conn
+            cur.execute(path_set, {"path": previous})  # an error: the rollback restores it
 
     @staticmethod
     def _cursor(conn: Connection[Any], row: RowFactory[R]) -> Cursor[R]:

@@ -332,6 +332,14 @@ SELECT
      WHERE heartbeat_at < now() - make_interval(secs => %(silent_after)s::float8))
         AS silent_workers
 
+-- name: session_search_path
+-- The session's search_path, read before the operator store sets its own on a connection that may be the caller's.
+SELECT pg_catalog.current_setting('search_path') AS search_path
+
+-- name: session_search_path_set
+-- Set the search_path for this transaction only (the operator store: ours on a caller's connection, then the caller's back).
+SELECT pg_catalog.set_config('search_path', %(path)s::pg_catalog.text, true)
+
 -- name: session_role
 -- The role the session runs as: named in a "permission denied" error, with what to grant it.
 SELECT current_user::pg_catalog.text AS role
