@@ -43,6 +43,7 @@ from unbroken.enqueue import (
     JobSpec,
     argument_checker,
     as_int,
+    checked_rows,
     name_problem,
 )
 from unbroken.errors import ConfigError, EnqueueError, Permanent
@@ -389,7 +390,7 @@ class App:
         self, jobs: Iterable[JobSpec], *, conn: Connection[Any] | None = None
     ) -> list[int]:
         """Write many jobs in one statement; returns their ids (live unique keys skipped)."""
-        rows = list(jobs)
+        rows = checked_rows(jobs, self.settings.max_payload_bytes)
         if conn is not None:
             return insert_many(conn, self.queries, rows)
         return self.database().pool("api").run(lambda c: insert_many(c, self.queries, rows))
@@ -397,7 +398,7 @@ class App:
     async def aenqueue_many(
         self, jobs: Iterable[JobSpec], *, conn: AsyncConnection[Any] | None = None
     ) -> list[int]:
-        rows = list(jobs)
+        rows = checked_rows(jobs, self.settings.max_payload_bytes)
         if conn is not None:
             return await ainserts.insert_many(conn, self.queries, rows)
         adb = await self.adatabase()

@@ -19,7 +19,7 @@ import inspect
 import json
 import operator
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
@@ -65,7 +65,12 @@ class EnqueueOptions:
 
 @dataclass(slots=True)
 class JobSpec:
-    """A validated job, ready to insert: made by `task.job(...)` for `App.enqueue_many`."""
+    """A validated job, ready to insert: made by `task.job(...)` for `App.enqueue_many`.
+
+    One built by hand is checked as a task's call is (`spec_problem`), when it is built and
+    again by `enqueue_many` (it may have changed since), with the app's payload limit: a
+    problem is one `EnqueueError` line; its args are re-encoded as enqueue encodes them.
+    (Not frozen: a frozen dataclass took task.job() from 1.7 to 2.5 us.)"""
 
     queue: str
     task: str
@@ -74,6 +79,11 @@ class JobSpec:
     run_at: datetime | None
     max_attempts: int
     unique_key: str | None
+
+    def __post_init__(self) -> None:
+        problem, self.args = spec_problem(self)
+        if problem is not None:
+            raise EnqueueError(problem)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -85,6 +95,95 @@ class JobSpec:
             "max_attempts": self.max_attempts,
             "unique_key": self.unique_key,
         }
+
+
+class _Checked(JobSpec):
+    """A JobSpec that JobMaker made: everything in it was checked as it was made."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        pass
+
+
+def spec_problem(spec: JobSpec) -> tuple[str | None, str]:
+    """What enqueue would refuse in a hand-built JobSpec (one line, or None), and its args
+    as enqueue encodes them."""
+    task, args = spec.task, spec.args
+    problem = name_problem("task name", task, 255)
+    if problem is not None:
+        return f"task {task!r}: {problem}", args
+    problem = name_problem("queue name", spec.queue, 128)
+    if problem is None:
+        problem = _number_problem("priority", spec.priority, -32768, 32767)
+    if problem is None:
+        problem = _number_problem("max_attempts", spec.max_attempts, 1, INT4_MAX)
+    if problem is None and spec.run_at is not None:
+        if not isinstance(spec.run_at, datetime):
+            problem = f"run_at must be a datetime, got {type(spec.run_at).__name__}"
+        elif spec.run_at.tzinfo is None:
+            problem = f"run_at must be timezone-aware, got {spec.run_at}"
+    if problem is None and spec.unique_key is not None:
+        if not isinstance(spec.unique_key, str):
+            problem = f"unique_key must be a string, got {type(spec.unique_key).__name__}"
+        else:
+            problem = unique_key_problem(spec.unique_key)
+    if problem is None:
+        problem, args = _args_problem(args)
+    return (None if problem is None else f"task {task}: {problem}"), args
+
+
+def _number_problem(what: str, value: object, low: int, high: int) -> str | None:
+    number = as_int(value)
+    if number is None:
+        return f"{what} must be an integer, got {value!r}"
+    if what == "priority" and not low <= number <= high:
+        return f"priority {number} is outside {low}..{high}"
+    if number < low:
+        return f"{what} must be >= {low}, got {number}"
+    if number > high:
+        return f"{what} must be {low} to {high}, got {number}"
+    return None
+
+
+def _args_problem(args: object) -> tuple[str | None, str]:
+    """Hand-built args: JSON text of a payload, re-encoded as enqueue encodes a call's."""
+    if not isinstance(args, str):
+        return f"args must be JSON text, got {type(args).__name__}", ""
+    try:
+        payload = decode_payload(args)
+        encoded = _encode(payload)
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        if isinstance(exc, json.JSONDecodeError) or "JSON compliant" in reason:
+            reason = "not JSON"
+        return f'args: {reason} (want the JSON text of {{"args": [...], "kwargs": {{...}}}})', args
+    bad = unstorable_in(encoded)
+    if bad is not None:
+        return f"arguments hold {bad}, which PostgreSQL cannot store as text", encoded
+    if len(encoded) > 2 * MAX_PAYLOAD_DEPTH and nested_deeper_than(encoded, MAX_PAYLOAD_DEPTH):
+        return f"arguments are nested more than {MAX_ARGS_DEPTH} levels deep", encoded
+    return None, encoded
+
+
+def too_big(task: str, size: int, limit: int) -> str:
+    return (
+        f"task {task}: arguments are {size:,} bytes, over the limit of {limit:,} "
+        "(UNBROKEN_MAX_PAYLOAD_BYTES); store big data in a table and pass its key"
+    )
+
+
+def checked_rows(rows: Iterable[JobSpec], limit: int) -> list[JobSpec]:
+    """`rows` as a list, each one's args within `limit` bytes (the app's) and each one not
+    made by a task checked again (it may have changed since it was built); else an
+    EnqueueError, for the whole batch."""
+    listed = list(rows)
+    for row in listed:
+        if type(row) is not _Checked:
+            row.__post_init__()
+        if len(row.args) > limit:
+            raise EnqueueError(too_big(row.task, len(row.args), limit))
+    return listed
 
 
 def _identity(text: str) -> str:
@@ -398,11 +497,7 @@ class JobMaker:
                 f"task {task}: arguments hold {bad}, which PostgreSQL cannot store as text"
             )
         if size > self.max_payload_bytes:
-            raise EnqueueError(
-                f"task {task}: arguments are {size:,} bytes, over the limit of "
-                f"{self.max_payload_bytes:,} (UNBROKEN_MAX_PAYLOAD_BYTES); store big data in "
-                "a table and pass its key"
-            )
+            raise EnqueueError(too_big(task, size, self.max_payload_bytes))
         # Each level takes two characters: most payloads are too short to be too deep.
         if size > 2 * MAX_PAYLOAD_DEPTH and nested_deeper_than(payload, MAX_PAYLOAD_DEPTH):
             raise EnqueueError(
@@ -441,7 +536,7 @@ class JobMaker:
                 run_at = self.now() + self.delay
             except OverflowError:
                 raise EnqueueError(self._too_far()) from None
-        return JobSpec(self.queue, task, payload, prio, run_at, self.attempts, key)
+        return _Checked(self.queue, task, payload, prio, run_at, self.attempts, key)
 
 
 def many_params(rows: Sequence[JobSpec]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from apps.harness import Probe
-from unbroken import App, ConfigError, EnqueueError, Task
+from unbroken import App, ConfigError, EnqueueError, JobSpec, Task
 
 BAD_OPTIONS: list[tuple[str, dict[str, Any], str]] = [
     ("queue-nul", {"queue": "mail\x00"}, "queue name"),
@@ -272,3 +272,78 @@ def test_an_application_name_postgresql_cannot_take_is_one_config_error(
     with pytest.raises(ConfigError, match=r"^application_name: ") as info:
         App(database_url=database_url, application_name=name)
     assert "\n" not in str(info.value)
+
+
+# A JobSpec built by hand (the public type enqueue_many takes) is checked as a task's call
+# is: the bad options above, with what only a hand-built one can hold besides.
+HAND_BUILT: list[tuple[str, dict[str, Any], str]] = [
+    *[(case, opts, reason) for case, opts, reason in BAD_OPTIONS if "delay" not in opts],
+    ("queue-tab", {"queue": "mail\tx"}, "queue name"),  # a column break in COPY's text
+    ("task-newline", {"task": "sec\n2\tx"}, "task name"),  # a row break
+    ("task-int", {"task": 7}, "task name"),
+    ("attempts-zero", {"max_attempts": 0}, "max_attempts must be >= 1"),
+    ("run-at-naive", {"run_at": datetime(2030, 1, 1)}, "timezone-aware"),
+    ("args-nul", {"args": '{"args": ["\\u0000"], "kwargs": {}}'}, "NUL character"),
+    ("args-surrogate", {"args": '{"args": [], "kwargs": {"k": "\\udc80"}}'}, "lone surrogate"),
+    ("args-raw-nul", {"args": '{"args": ["\x00"]}'}, "not JSON"),
+    ("args-not-json", {"args": "{oops"}, "not JSON"),
+    ("args-nan", {"args": '{"args": [NaN]}'}, "not JSON"),
+    ("args-list", {"args": "[1, 2]"}, 'not an object with "args"'),
+    ("args-kwargs-list", {"args": '{"kwargs": [1]}'}, '"kwargs" is an array'),
+    ("args-bytes", {"args": b'{"args": []}'}, "args must be JSON text"),
+    ("args-deep", {"args": '{"args": ' + "[" * 70 + "]" * 70 + "}"}, "nested more than"),
+]
+
+
+def hand_built(**changes: Any) -> JobSpec:
+    fields: dict[str, Any] = {
+        "queue": "default",
+        "task": "sec.anything",
+        "args": '{"args": [1], "kwargs": {}}',
+        "priority": 0,
+        "run_at": None,
+        "max_attempts": 3,
+        "unique_key": None,
+    }
+    return JobSpec(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(("case", "changes", "reason"), HAND_BUILT, ids=[c[0] for c in HAND_BUILT])
+def test_a_hand_built_job_spec_is_checked_as_enqueue_checks_a_call(
+    case: str, changes: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(EnqueueError) as info:
+        hand_built(**changes)
+    message = str(info.value)
+    assert re.search(reason, message), message
+    assert re.match(r"task (sec\.anything|'.*'|\d+): ", message, re.S), message
+    assert "\n" not in message
+
+
+def test_a_hand_built_job_spec_is_written_as_a_calls_would_be(
+    database_url: str, probe: Probe
+) -> None:
+    """Its arguments are written as enqueue writes them (the JSON re-encoded, so layout
+    between tokens never reaches COPY's text); enqueue_many checks it again, with the
+    app's payload limit; a refused batch writes nothing."""
+    app, task = make_app(database_url)
+    try:
+        spaced = hand_built(args='{"args": [1,\n\t"caf\\u00e9"],\r\n "kwargs": {}}')
+        big = hand_built(args=json.dumps({"args": ["x" * 20_000], "kwargs": {}}))
+        for enqueue in (
+            lambda jobs: app.enqueue_many(jobs),
+            lambda jobs: asyncio.run(app.aenqueue_many(jobs)),
+        ):
+            with pytest.raises(EnqueueError, match="over the limit of 10,000"):
+                enqueue([spaced, big])
+            assert probe.value("SELECT count(*) FROM unbroken.jobs") == 0
+        changed = hand_built()
+        changed.queue = "mail\tx"  # after its check: enqueue_many checks it again
+        with pytest.raises(EnqueueError, match="queue name 'mail"):
+            app.enqueue_many([changed])
+        ids = app.enqueue_many([spaced, task.job(1, "caf\u00e9"), spaced])
+        rows = [probe.job(i) for i in ids]
+        assert [r["args"] for r in rows] == [{"args": [1, "caf\u00e9"], "kwargs": {}}] * 3
+        assert probe.value("SELECT count(DISTINCT args::text) FROM unbroken.jobs") == 1
+    finally:
+        app.close()
