@@ -46,7 +46,8 @@ def _finish_params(sql: bytes, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
         "errors": [None] * n,
         "results": [None] * n,
         "runtimes": [0] * n,
-        "claims": [r[11] for r in rows],
+        "claims": [r[12] for r in rows],
+        "progress": None,
         "worker_id": WORKER_ID,
     }
     names = {m.decode() for m in _PARAM.findall(sql)}

@@ -4,20 +4,67 @@ The executor sets a `JobContext` in a context variable before it calls the task 
 tasks, in the thread that runs them), so task code and helpers such as the chunked runner
 can reach the job's id, attempt, checkpoint and the runtime's pools without the task
 having to accept an extra argument.
+
+Two things a task does through it:
+- `ctx.progress(done=, total=, message=)` only records the report in memory; the lease
+  keeper sends the latest one with its next heartbeat (and the completer with the outcome),
+  in the statement it runs anyway, under the same fence: a report costs no round trip, and
+  one from a stale claim changes nothing.
+- `with ctx.transaction() as conn` (`async with ctx.atransaction()` in async tasks) checks
+  out a connection of the worker's "tasks" pool, its own bounded pool apart from the
+  runtime's, so task code can never take the connections heartbeats and outcomes need.
+  The transaction commits when the block ends and rolls back on an exception; the
+  connection goes back clean. No connection is held between two blocks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from unbroken.errors import JobCancelled, LeaseLost, UnbrokenError
 
 if TYPE_CHECKING:
+    from psycopg import AsyncConnection, Connection
+
     from unbroken.db._async.pool import AsyncDatabase
     from unbroken.db._sync.pool import Database
     from unbroken.settings import Settings
+
+
+TASKS_POOL = "tasks"  # the worker's pool for task code's transactions
+MESSAGE_MAX = 500  # characters of a progress message kept
+
+
+@dataclass(frozen=True, slots=True)
+class TaskProgress:
+    """A progress report: `done` of `total` units (either may be unknown) and a message.
+
+    Stored in `jobs.progress` as `processed`, `total` and `message`, the keys `unbroken
+    jobs watch` and the dashboard read for any job."""
+
+    done: int | None = None
+    total: int | None = None
+    message: str | None = None
+
+    @classmethod
+    def from_json(cls, progress: Any) -> TaskProgress | None:
+        """From a `jobs.progress` value; None when it holds no report."""
+        if not isinstance(progress, dict):
+            return None
+        done, total, message = (progress.get(k) for k in ("processed", "total", "message"))
+        if done is None and total is None and message is None:
+            return None
+        return cls(
+            done=done if isinstance(done, int) else None,
+            total=total if isinstance(total, int) else None,
+            message=message if isinstance(message, str) else None,
+        )
 
 
 @dataclass(slots=True)
@@ -42,7 +89,12 @@ class JobContext:
     cancel_requested: bool = False  # set by the heartbeat when someone asks the job to stop
     lease_lost: bool = False  # set by the heartbeat when the job was rescued elsewhere
     task_chunk_size: int | None = None  # the chunk size the task was declared with
+    last_progress: TaskProgress | None = None  # as the previous attempts left it
     extra: dict[str, Any] = field(default_factory=dict)
+    # This attempt's reports: (version, keys) replaced whole, so a reader in another thread
+    # sees one report or the next, never half of one; `_sent` is the version last written.
+    _reported: tuple[int, dict[str, Any]] = (0, {})
+    _sent: int = 0
 
     def check(self) -> None:
         """Raise if the job should stop now: its lease is gone, or it was cancelled."""
@@ -50,6 +102,77 @@ class JobContext:
             raise LeaseLost(f"job {self.job_id} attempt {self.attempt}: lease lost")
         if self.cancel_requested:
             raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    # --- progress ----------------------------------------------------------------------------
+    def progress(
+        self, done: int | None = None, total: int | None = None, message: str | None = None
+    ) -> None:
+        """Report how far the job got; what is left out keeps its last value.
+
+        Costs no database round trip: the latest report goes out with the next heartbeat
+        (every `heartbeat_interval`) or with the job's outcome, whichever comes first."""
+        for name, value in (("done", done), ("total", total)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ValueError(f"progress {name}={value!r}: must be a whole number >= 0")
+        if message is not None and not isinstance(message, str):
+            raise ValueError(f"progress message={message!r}: must be a string")
+        version, keys = self._reported
+        update = {
+            "processed": done,
+            "total": total,
+            "message": None if message is None else message[:MESSAGE_MAX].replace("\x00", ""),
+        }
+        merged = {**keys, **{k: v for k, v in update.items() if v is not None}}
+        if (
+            merged.get("processed") is not None
+            and merged.get("total") is not None
+            and merged["processed"] > merged["total"]
+        ):
+            raise ValueError(
+                f"progress done={merged['processed']} is more than total={merged['total']}"
+            )
+        self._reported = (version + 1, merged)
+
+    def progress_unsent(self) -> tuple[int, str] | None:
+        """(version, JSON) of the latest report not yet written; None if there is none."""
+        version, keys = self._reported
+        if version <= self._sent:
+            return None
+        return version, json.dumps(keys)
+
+    def progress_sent(self, version: int) -> None:
+        self._sent = max(self._sent, version)
+
+    # --- transactions ------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Connection[Any]]:
+        """A connection of the "tasks" pool in a transaction (sync tasks): committed when
+        the block ends, rolled back if it raises; not held after the block."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise UnbrokenError(
+                "ctx.transaction() would block the event loop: in an async task use "
+                "`async with ctx.atransaction() as conn`"
+            )
+        if self.db is None:
+            raise UnbrokenError("this job runs without the worker's sync pools")
+        self.check()
+        with self.db.pool(TASKS_POOL).transaction() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def atransaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """`transaction()` for async tasks."""
+        if self.adb is None:
+            raise UnbrokenError("this job runs without the worker's async pools")
+        self.check()
+        async with self.adb.pool(TASKS_POOL).transaction() as conn:
+            yield conn
 
 
 _current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("unbroken_job")

@@ -33,7 +33,7 @@ def _claim(conn: psycopg.Connection[Any], worker: str) -> list[tuple[int, int, s
         Q["job_get_available"],
         {"queues": ["default"], "limit": JOBS, "worker_id": worker, "lease": 60.0},
     ).fetchall()
-    return [(r[0], r[4], r[11]) for r in rows]
+    return [(r[0], r[4], r[12]) for r in rows]
 
 
 def _enqueue(conn: psycopg.Connection[Any]) -> None:
@@ -66,6 +66,7 @@ def _finish(conn: psycopg.Connection[Any], worker: str, held: list[tuple[int, in
             "results": [None] * n,
             "runtimes": [1] * n,
             "claims": [h[2] for h in held],
+            "progress": None,
         },
     ).fetchall()
 
@@ -79,6 +80,7 @@ def _renew(conn: psycopg.Connection[Any], worker: str, held: list[tuple[int, int
             "ids": [h[0] for h in held],
             "attempts": [h[1] for h in held],
             "claims": [h[2] for h in held],
+            "progress": None,
         },
     ).fetchall()
 

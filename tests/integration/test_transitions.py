@@ -164,7 +164,7 @@ class TransitionMachine(RuleBasedStateMachine):
         )
         picked = self.model.fetch(worker, sorted(queues), limit, expired)
         assert {r[0] for r in got} == picked
-        self.claims.update({r[0]: r[11] for r in got})
+        self.claims.update({r[0]: r[12] for r in got})
         assert {r[0]: r[4] for r in got} == {i: self.model.jobs[i].attempt for i in picked}
 
     @precondition(lambda self: self.model.running())
@@ -193,6 +193,7 @@ class TransitionMachine(RuleBasedStateMachine):
             # The job's latest claim; the model's stale outcomes are stale by attempt, state
             # or worker (a forgotten claim is tested below).
             "claims": [self.claims.get(o.job_id, NEVER_CLAIMED) for o in outcomes],
+            "progress": None,
             "worker_id": worker,
         }
         before = self.full_rows()
@@ -222,6 +223,7 @@ class TransitionMachine(RuleBasedStateMachine):
                 "ids": [h[0] for h in held],
                 "attempts": [h[1] for h in held],
                 "claims": [self.claims.get(h[0], NEVER_CLAIMED) for h in held],
+                "progress": None,
                 "lease": MINUS_A_MINUTE if expired else HOUR,
                 "worker_id": worker,
             },
@@ -356,14 +358,14 @@ def test_a_claim_the_database_forgot_fences_what_its_attempt_writes(database_url
         )
         [second] = conn.execute(Q["job_get_available"], fetch).fetchall()
         assert (first[0], first[4]) == (second[0], second[4]) == (job_id, 1)
-        assert first[11] != second[11]
+        assert first[12] != second[12]
 
         def finish(*claims: str) -> list[tuple[Any, ...]]:
             n = len(claims)
             params = {
                 "ids": [job_id] * n, "attempts": [1] * n, "states": ["succeeded"] * n,
                 "delays": [None] * n, "errors": [None] * n, "results": ['"done"'] * n,
-                "runtimes": [1] * n, "claims": list(claims), "worker_id": "w1",
+                "runtimes": [1] * n, "claims": list(claims), "progress": None, "worker_id": "w1",
             }  # fmt: skip
             return conn.execute(Q["job_finish_many"], params).fetchall()
 
@@ -377,7 +379,7 @@ def test_a_claim_the_database_forgot_fences_what_its_attempt_writes(database_url
 
         def renew(claim: str) -> list[tuple[Any, ...]]:
             params = {"ids": [job_id], "attempts": [1], "claims": [claim], "lease": 60.0,
-                      "worker_id": "w1"}  # fmt: skip
+                      "progress": None, "worker_id": "w1"}  # fmt: skip
             return conn.execute(Q["lease_renew_many"], params).fetchall()
 
         def held(claim: str) -> bool:
@@ -387,12 +389,12 @@ def test_a_claim_the_database_forgot_fences_what_its_attempt_writes(database_url
             return bool(row[4])
 
         before = conn.execute(FULL_ROWS).fetchall()
-        assert (held(first[11]), held(second[11])) == (False, True)
-        assert renew(first[11]) == []
-        assert chunk(first[11]) is None
-        assert finish(first[11]) == []
+        assert (held(first[12]), held(second[12])) == (False, True)
+        assert renew(first[12]) == []
+        assert chunk(first[12]) is None
+        assert finish(first[12]) == []
         assert conn.execute(FULL_ROWS).fetchall() == before
-        assert renew(second[11]) == [(job_id, False)]
-        assert chunk(second[11]) is not None
+        assert renew(second[12]) == [(job_id, False)]
+        assert chunk(second[12]) is not None
         # Both runs' outcomes in one batch: only the second one's (2nd in the batch) counts.
-        assert finish(first[11], second[11]) == [(job_id, "succeeded", None, 2)]
+        assert finish(first[12], second[12]) == [(job_id, "succeeded", None, 2)]

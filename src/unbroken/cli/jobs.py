@@ -210,6 +210,8 @@ def _progress_text(v: ProgressView) -> str:
         parts.append(f"ETA {format_age(v.eta_s)}")
     if v.checkpoint_age_s is not None:
         parts.append(f"checkpoint {format_age(v.checkpoint_age_s)} ago")
+    if v.message:
+        parts.append(escape(v.message))
     return "  ".join(parts) or "-"
 
 
@@ -228,8 +230,9 @@ def jobs_watch(
 ) -> None:
     """Follow a job's progress live until it finishes; exit 0 if it succeeded, 1 otherwise.
 
-    Reads jobs.progress (total, processed, failed, rate, eta_s, checkpoint_at; whatever the
-    task wrote). With --json, prints one JSON object per read.
+    Reads jobs.progress (total, processed, failed, rate, eta_s, checkpoint_at, message:
+    what a chunked run or current_job().progress() reported). With --json, prints one JSON
+    object per read.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     with open_store() as store:

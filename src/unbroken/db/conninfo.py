@@ -40,7 +40,7 @@ def redact(text: str) -> str:
 
 
 # Pools whose connections run the user's own statements keep the server's own settings.
-USER_ROLES = frozenset({"chunks"})
+USER_ROLES = frozenset({"chunks", "tasks"})
 
 
 def safe_search_path(schema: str) -> str:
@@ -54,8 +54,8 @@ def server_settings(settings: Settings, *, role: str) -> dict[str, str]:
     """The server settings every session of `role` runs with, as the server reads them."""
     values: dict[str, str] = {}
     if role not in USER_ROLES:
-        # The chunk sessions run the user's statements with the user's search_path; the
-        # SQL we run there names its functions pg_catalog.<name> instead (sql/chunks.sql).
+        # The chunk and task sessions run the user's statements with the user's search_path;
+        # the SQL we run there names its functions pg_catalog.<name> (sql/chunks.sql).
         values["search_path"] = safe_search_path(settings.schema_name)
         # An acknowledged claim or outcome must survive a crash: with synchronous_commit off
         # the server could forget a claim and hand the job out again while its first run
@@ -65,7 +65,7 @@ def server_settings(settings: Settings, *, role: str) -> dict[str, str]:
     if settings.statement_timeout:
         values["statement_timeout"] = str(int(settings.statement_timeout * 1000))
     idle_limit = settings.idle_in_transaction_timeout
-    if role in USER_ROLES and idle_limit:
+    if role == "chunks" and idle_limit:
         # A chunk's transaction never waits on its source; idle past the lease means its
         # worker is paused or gone, and its commit would be fenced anyway. Ending the
         # session then frees the rows it locked for the worker that took the job over.

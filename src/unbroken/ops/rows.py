@@ -83,7 +83,8 @@ class ProgressView:
     """A job's progress as its task wrote it; every key is optional.
 
     Reads the chunk runner's keys (position, processed, failed, total, rate, eta_seconds,
-    checkpoint_at, chunks, done, errors; see unbroken.chunks.progress) and the short forms a
+    checkpoint_at, chunks, done, errors; see unbroken.chunks.progress), those of
+    `current_job().progress()` (processed, total, message, reported_at) and the short forms a
     task may write itself (eta_s). Unknown keys are kept in `extra` and shown as they are.
     """
 
@@ -96,6 +97,7 @@ class ProgressView:
     checkpoint_age_s: float | None
     fraction: float | None  # consumed / total, 0..1, when both are known
     done: bool = False
+    message: str | None = None  # the task's own words (current_job().progress(message=))
     extra: dict[str, Any] = field(default_factory=dict)
 
     KNOWN = frozenset(
@@ -109,6 +111,8 @@ class ProgressView:
             "checkpoint_at",
             "position",
             "done",
+            "message",
+            "reported_at",
         }
     )
 
@@ -146,6 +150,7 @@ class ProgressView:
             checkpoint_age_s=age,
             fraction=fraction,
             done=done,
+            message=_str_or_none(progress.get("message")),
             extra={k: v for k, v in progress.items() if k not in cls.KNOWN},
         )
 

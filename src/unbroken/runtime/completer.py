@@ -53,6 +53,7 @@ class Outcome:
     result: str | None = None  # JSON of the return value
     runtime_ms: int = 0
     max_attempts: int = 0  # the job's, as fetched (for the log line)
+    progress: str | None = None  # JSON of the attempt's last progress report not yet written
 
 
 class Completer:
@@ -177,6 +178,7 @@ class Completer:
         # usually all None (then one NULL stands for the array).
         errors = [o.error for o in batch]
         results = [o.result for o in batch]
+        progress = [o.progress for o in batch]
         params = {
             "ids": int_array(o.job_id for o in batch),
             "attempts": int_array(o.attempt for o in batch),
@@ -186,6 +188,7 @@ class Completer:
             "results": results if any(r is not None for r in results) else None,
             "runtimes": int_array(o.runtime_ms for o in batch),
             "claims": claim_array(o.claim for o in batch),
+            "progress": progress if any(p is not None for p in progress) else None,
             "worker_id": self._worker_id,
         }
         async with self._pool.connection() as conn:
@@ -250,4 +253,4 @@ def _without_data(outcome: Outcome, exc: BaseException) -> Outcome:
             "traceback": None,
         }
     )
-    return dataclasses.replace(outcome, error=note, result=None)
+    return dataclasses.replace(outcome, error=note, result=None, progress=None)

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from unbroken import logs, telemetry
-from unbroken.context import JobContext, reset_current_job, set_current_job
+from unbroken.context import JobContext, TaskProgress, reset_current_job, set_current_job
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.errors import JobCancelled, LeaseLost, Snooze
 from unbroken.runtime.completer import Completer, Outcome
@@ -125,6 +125,21 @@ class Executor:
         """(job id, attempt, claim) of every job running here."""
         return [(job_id, r.ctx.attempt, r.ctx.claim) for job_id, r in self.running.items()]
 
+    def progress_unsent(self) -> dict[int, tuple[int, str]]:
+        """{job id: (version, JSON)} of the progress reports not yet written."""
+        unsent = {}
+        for job_id, r in self.running.items():
+            report = r.ctx.progress_unsent()
+            if report is not None:
+                unsent[job_id] = report
+        return unsent
+
+    def progress_sent(self, sent: dict[int, tuple[int, str]]) -> None:
+        for job_id, (version, _) in sent.items():
+            running = self.running.get(job_id)
+            if running is not None:
+                running.ctx.progress_sent(version)
+
     # --- running jobs ------------------------------------------------------------------------
     def start(self, job: ClaimedJob, args: dict[str, Any]) -> None:
         """Run a claimed job; `args` is its payload, decoded by the producer."""
@@ -146,6 +161,7 @@ class Executor:
             schema=self._settings.schema_name,
             adb=self._adb,
             db=self._db,
+            last_progress=TaskProgress.from_json(job.progress),
         )
         declared = self._app.tasks.get(task_name)
         if declared is not None:
@@ -196,6 +212,7 @@ class Executor:
 
     async def _attempt(self, ctx: JobContext, started: float) -> Outcome | None:
         def done(kind: OutcomeKind, **kw: Any) -> Outcome:
+            unsent = ctx.progress_unsent()  # the last report rides with the outcome
             return Outcome(
                 ctx.job_id,
                 ctx.attempt,
@@ -206,6 +223,7 @@ class Executor:
                 ctx.task,
                 runtime_ms=int((time.monotonic() - started) * 1000),
                 max_attempts=ctx.max_attempts,
+                progress=None if unsent is None else unsent[1],
                 **kw,
             )
 

@@ -5,7 +5,8 @@ whose outcome is still in the completer's buffer (their rows are still 'running'
 letting those leases lapse would have them rescued and run twice). The same statement
 records the worker's heartbeat and returns any cancel requests, so cancellation costs no
 extra query. A lease the statement did not renew belongs to someone else now: the job is
-told to stop (fencing makes its writes harmless anyway).
+told to stop (fencing makes its writes harmless anyway). Progress that tasks reported since
+the last beat rides in the same statement, under the same fence (context.py).
 """
 
 from __future__ import annotations
@@ -79,11 +80,16 @@ class LeaseKeeper:
             await self.register()
         running = self._executor.held()
         held = running + self._completer.pending()
+        unsent = self._executor.progress_unsent()
         started = time.monotonic()
         params = {
             "ids": int_array(job_id for job_id, _, _ in held),
             "attempts": int_array(attempt for _, attempt, _ in held),
             "claims": claim_array(claim for _, _, claim in held),
+            # One entry per running job (the completer's pending ones come after: NULL).
+            "progress": [unsent.get(job_id, (0, None))[1] for job_id, _, _ in running]
+            if unsent
+            else None,
             "lease": self._lease,
             "worker_id": self._worker_id,
         }
@@ -92,6 +98,7 @@ class LeaseKeeper:
             await cur.execute(self._renew, params, prepare=False)
             rows = await cur.fetchall()
         self.renewals += 1
+        self._executor.progress_sent(unsent)
         telemetry.emit(
             "batch.flushed", kind="lease", size=len(held), duration_s=time.monotonic() - started
         )

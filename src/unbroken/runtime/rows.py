@@ -61,6 +61,7 @@ class ClaimedJob(NamedTuple):
     max_attempts: int
     priority: int
     checkpoint: Any
+    progress: Any  # jobs.progress as the last attempt left it (None: nothing reported)
     chunk_size: int | None
     rescues: int
     run_at: datetime  # when it became due (enqueued, or its scheduled time)

@@ -3,7 +3,9 @@ periodic tasks and (on the leader) maintenance, sharing one small pool.
 
 Connections: a pool of at most 3 for the runtime's own statements (fetch, outcome batches,
 heartbeat and maintenance), plus the listener's dedicated one, whatever the concurrency.
-Chunked jobs get their own bounded "chunks" pool, opened only when one runs.
+Chunked jobs get their own bounded "chunks" pool, and task code's `current_job()
+.transaction()` the "tasks" pool (at most `pool_max_size` each, sync and async), opened
+only when used: user code waiting for a connection never delays a heartbeat.
 
 Shutdown (SIGTERM or SIGINT): stop fetching; running jobs get `shutdown_timeout`; what
 still runs is cancelled and handed back without spending an attempt; buffered outcomes
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from unbroken.context import TASKS_POOL
 from unbroken.db._async.pool import AsyncDatabase, AsyncRolePool
 from unbroken.db._sync.pool import Database
 from unbroken.errors import ConfigError
@@ -92,9 +95,11 @@ class Worker:
         adb = self.adb = AsyncDatabase(target.conninfo, s)
         pool = adb.pool("worker", min_size=1, max_size=RUNTIME_POOL_MAX)
         adb.pool("chunks", min_size=0)
+        adb.pool(TASKS_POOL, min_size=0)
         await adb.open()
         db = Database(target.conninfo, s)
         db.pool("chunks", min_size=0)
+        db.pool(TASKS_POOL, min_size=0)
         await asyncio.to_thread(db.open)
 
         completer = self.completer = Completer(pool, queries, self.worker_id, s)

@@ -83,7 +83,7 @@ SET state = 'running',
 FROM picked, claim
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.args::text, j.attempt, j.max_attempts, j.priority,
-          j.checkpoint, j.chunk_size, j.rescues, j.run_at, claim.token
+          j.checkpoint, j.progress, j.chunk_size, j.rescues, j.run_at, claim.token
 
 -- name: job_finish_many
 -- Record a batch of attempt outcomes; rows whose attempt, claim, state or owner moved on are left untouched (fencing).
@@ -125,6 +125,12 @@ updated AS (
                       WHEN j.errors->-1->>'kind' = 'unknown_task' THEN (j.errors - -1) || jsonb_build_array(o.error)
                       ELSE j.errors || jsonb_build_array(o.error) END,
         result = coalesce(o.result, j.result),
+        -- The attempt's last progress report not yet sent with a heartbeat (as there).
+        progress = CASE WHEN o.progress IS NULL THEN j.progress
+                        ELSE coalesce(j.progress, '{}'::jsonb)
+                             || (CASE WHEN j.progress ? 'position' THEN o.progress - 'processed' - 'total'
+                                      ELSE o.progress END)
+                             || jsonb_build_object('reported_at', now()) END,
         finished_at = CASE WHEN o.state IN ('succeeded', 'dead', 'cancelled') OR j.cancel_requested
                              OR (o.state = 'retryable' AND j.attempt >= j.max_attempts)
                            THEN now() END,
@@ -132,8 +138,9 @@ updated AS (
         lease_expires_at = NULL
     FROM unnest(
         %(ids)s::bigint[], %(attempts)s::int[], %(states)s::text[], %(delays)s::float8[],
-        %(errors)s::jsonb[], %(results)s::jsonb[], %(runtimes)s::int[], %(claims)s::timestamptz[]
-    ) WITH ORDINALITY AS o(id, attempt, state, delay, error, result, runtime_ms, claim, n)
+        %(errors)s::jsonb[], %(results)s::jsonb[], %(runtimes)s::int[], %(claims)s::timestamptz[],
+        %(progress)s::jsonb[]
+    ) WITH ORDINALITY AS o(id, attempt, state, delay, error, result, runtime_ms, claim, progress, n)
     WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
       AND j.worker_id = %(worker_id)s AND j.attempted_at = o.claim
       AND (SELECT count(*) FROM locked) >= 0
@@ -163,6 +170,10 @@ FROM updated
 -- name: lease_renew_many
 -- Extend this worker's leases in one statement and record its heartbeat; returns the leases still held and any cancel requests.
 -- Row locks in id order first, as job_finish_many takes them (see there).
+-- `progress` carries what tasks reported with current_job().progress() since the last beat
+-- (NULL: nothing new), merged into jobs.progress under the same fence as the lease, so a
+-- stale claim's report changes nothing. A chunked run (its progress has `position`) owns
+-- its counters: there only the message merges, and jobs_progress_within_total still holds.
 WITH beat AS (
     UPDATE unbroken.workers SET heartbeat_at = now(), running = cardinality(%(ids)s::bigint[])
     WHERE id = %(worker_id)s
@@ -172,8 +183,14 @@ locked AS MATERIALIZED (
     ORDER BY id FOR NO KEY UPDATE
 )
 UPDATE unbroken.jobs AS j
-SET lease_expires_at = now() + make_interval(secs => %(lease)s)
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(claims)s::timestamptz[]) AS h(id, attempt, claim)
+SET lease_expires_at = now() + make_interval(secs => %(lease)s),
+    progress = CASE WHEN h.progress IS NULL THEN j.progress
+                    ELSE coalesce(j.progress, '{}'::jsonb)
+                         || (CASE WHEN j.progress ? 'position' THEN h.progress - 'processed' - 'total'
+                                  ELSE h.progress END)
+                         || jsonb_build_object('reported_at', now()) END
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(claims)s::timestamptz[], %(progress)s::jsonb[])
+     AS h(id, attempt, claim, progress)
 WHERE j.id = h.id AND j.attempt = h.attempt AND j.attempted_at = h.claim AND j.state = 'running'
   AND j.worker_id = %(worker_id)s AND (SELECT count(*) FROM locked) >= 0
 RETURNING j.id, j.cancel_requested
