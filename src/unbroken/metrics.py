@@ -194,6 +194,20 @@ SPECS: tuple[Spec, ...] = (
         ("schedule",),
         "schedule.ticked",
     ),
+    Spec(
+        "gauge",
+        "unbroken_worker_memory_bytes",
+        "This worker's resident memory, sampled while memory limits are set.",
+        (),
+        "worker.memory",
+    ),
+    Spec(
+        "gauge",
+        "unbroken_worker_memory_over_limit",
+        "1 while this worker is above its soft (fetching held) or hard memory limit.",
+        ("limit",),
+        "worker.memory",
+    ),
     # --- read from the database at scrape time ----------------------------------------------
     Spec("gauge", "unbroken_jobs", "Jobs by queue and state.", ("queue", "state"), "database"),
     Spec(
@@ -339,6 +353,14 @@ class Metrics:
             m["unbroken_chunk_retries"].labels(str(f.get("task", ""))).inc()
         elif name == "pool.flushed":
             m["unbroken_pool_flushes"].labels(str(f.get("role", ""))).inc()
+        elif name == "worker.memory":
+            if isinstance(f.get("rss_mb"), int | float):
+                m["unbroken_worker_memory_bytes"].set(f["rss_mb"] * 2**20)
+            over = f.get("over")
+            for limit in ("soft", "hard"):
+                m["unbroken_worker_memory_over_limit"].labels(limit).set(
+                    1 if over == limit or (over == "hard" and limit == "soft") else 0
+                )
         elif name == "schedule.ticked":
             schedule = str(f.get("schedule", ""))
             m["unbroken_schedule_ticks_enqueued"].labels(schedule).inc(f.get("enqueued", 0) or 0)

@@ -219,6 +219,20 @@ class Settings(BaseSettings):
         description="Seconds running jobs get after SIGTERM before they are handed back "
         "unfinished.",
     )
+    memory_soft_mb: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="Resident memory (MiB) above which a worker stops fetching jobs until it "
+        "is below again (0: off).",
+    )
+    memory_hard_mb: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="Resident memory (MiB) above which a worker hands its running jobs back "
+        "unspent and exits with code 75, to be restarted (0: off).",
+    )
     lease_seconds: float = Field(
         30.0,
         ge=1,
@@ -359,6 +373,11 @@ class Settings(BaseSettings):
             )
         if self.startup_backoff_base > self.startup_backoff_cap:
             raise ValueError("startup_backoff_base is larger than startup_backoff_cap")
+        if 0 < self.memory_hard_mb <= self.memory_soft_mb:
+            raise ValueError(
+                f"memory_soft_mb ({self.memory_soft_mb}) must be below memory_hard_mb "
+                f"({self.memory_hard_mb})"
+            )
         return self
 
     # --- derived ---------------------------------------------------------------------------

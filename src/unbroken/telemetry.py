@@ -24,6 +24,8 @@ A handler that raises is logged and never breaks the runtime.
 | pool.flushed      | role (stale connections were checked and replaced after an error)         |
 | schedule.ticked   | schedule, enqueued, missed: one check of a periodic task enqueued ticks   |
 |                   | or skipped missed ones (catch-up policy)                                  |
+| worker.memory     | rss_mb, soft_mb, hard_mb, over (none, soft or hard): one sample of the    |
+|                   | worker's memory, every 0.5 s while a memory limit is set                  |
 """
 
 from __future__ import annotations

@@ -76,11 +76,25 @@ def worker(
         "--log-format",
         help="plain (default) or json: one object per line. Env: UNBROKEN_LOG_FORMAT.",
     ),
+    restart_on_memory: bool = typer.Option(
+        False,
+        "--restart-on-memory",
+        help="Run the worker as a child process and start a new one whenever it exits for "
+        "UNBROKEN_MEMORY_HARD_MB (exit code 75).",
+    ),
 ) -> None:
-    """Run a worker: fetch jobs, run them, record outcomes, until SIGTERM/SIGINT."""
+    """Run a worker: fetch jobs, run them, record outcomes, until SIGTERM/SIGINT.
+
+    Exits 0 after a clean shutdown, and 75 after handing its jobs back above the hard
+    memory limit (UNBROKEN_MEMORY_HARD_MB): a supervisor should start it again.
+    """
     from unbroken.cli.main import setup_logging
 
     setup_logging(verbose, log_format)
+    if restart_on_memory:
+        from unbroken.cli.restart import supervise
+
+        raise typer.Exit(supervise(sys.argv[1:]))
     the_app = load_app(app_spec)
     if log_format is None and the_app.settings.log_format != (
         os.environ.get("UNBROKEN_LOG_FORMAT") or "plain"
@@ -95,7 +109,10 @@ def worker(
         overrides["shutdown_timeout"] = shutdown_timeout
     if burst_wait is not None:
         overrides["burst_wait"] = burst_wait  # a Worker argument, not a setting
-    the_app.worker(burst=burst, **overrides).run()
+    running = the_app.worker(burst=burst, **overrides)
+    running.run()
+    if running.exit_code:
+        raise typer.Exit(running.exit_code)
 
 
 def enqueue(

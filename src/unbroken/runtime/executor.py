@@ -86,6 +86,7 @@ class Executor:
         self.running: dict[int, Running] = {}
         self._slot_freed = asyncio.Event()
         self._fetching_stopped = False
+        self._fetching_held = False  # memory above the soft limit (runtime/memory.py)
         # Spare threads so a few stuck sync attempts (timed out) do not eat the capacity.
         self._threads = DaemonThreads(settings.concurrency + 4, "unbroken-job")
         self.shutting_down = False
@@ -98,7 +99,15 @@ class Executor:
 
     # --- slots -------------------------------------------------------------------------------
     def free_slots(self) -> int:
+        if self._fetching_held:
+            return 0
         return self.concurrency - len(self.running)
+
+    def hold_fetching(self, held: bool) -> None:
+        """Offer no free slot while held (the producer waits), and wake it when released."""
+        self._fetching_held = held
+        if not held:
+            self._slot_freed.set()
 
     async def wait_for_slots(self, wanted: int, timeout: float | None) -> None:
         """Return when `wanted` slots are free, or after `timeout` seconds with at least one;

@@ -10,7 +10,8 @@ only when used: user code waiting for a connection never delays a heartbeat.
 Shutdown (SIGTERM or SIGINT): stop fetching; running jobs get `shutdown_timeout`; what
 still runs is cancelled and handed back without spending an attempt; buffered outcomes
 are written; leadership is resigned. A second signal exits at once: leases expire and the
-rescuer returns the jobs.
+rescuer returns the jobs. Above the hard memory limit the same shutdown runs with no
+grace, and `exit_code` says why (runtime/memory.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from unbroken.runtime.elector import Elector, term_for
 from unbroken.runtime.executor import Executor
 from unbroken.runtime.leases import LeaseKeeper
 from unbroken.runtime.maintenance import Maintenance
+from unbroken.runtime.memory import MemoryGuard
 from unbroken.runtime.notifier import Notifier
 from unbroken.runtime.producer import Producer
 from unbroken.runtime.scheduler import Scheduler
@@ -67,6 +69,8 @@ class Worker:
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signals = 0
+        self._grace = self.settings.shutdown_timeout
+        self.exit_code = 0  # the process's exit code: MEMORY_EXIT_CODE past the hard limit
         self.started = threading.Event()
         self.executor: Executor | None = None
         self.completer: Completer | None = None
@@ -144,6 +148,9 @@ class Worker:
         )
         if scheduler is not None:
             background.append(asyncio.create_task(scheduler.run(), name="scheduler"))
+        guard = MemoryGuard(s, executor, self._exit_for_memory)
+        if guard.enabled:
+            background.append(asyncio.create_task(guard.run(), name="memory"))
         producing = asyncio.create_task(producer.run(), name="producer")
         if self.burst:
             background.append(asyncio.create_task(self._burst_watch(producer, pool), name="burst"))
@@ -187,13 +194,11 @@ class Worker:
         producer.wake.set()
         executor.stop_fetching()  # the producer may be waiting for a slot to free up
         await asyncio.wait([producing], timeout=self.settings.deadline())
-        if executor.running:
+        if executor.running and self._grace:
             logger.info(
-                "waiting up to %.0f s for %d running jobs",
-                self.settings.shutdown_timeout,
-                len(executor.running),
+                "waiting up to %.0f s for %d running jobs", self._grace, len(executor.running)
             )
-        if not await executor.wait_idle(self.settings.shutdown_timeout):
+        if not await executor.wait_idle(self._grace):
             logger.warning("handing back %d unfinished jobs", len(executor.running))
             await executor.hand_back_remaining()
         await completer.drain(timeout=max(10.0, self.settings.deadline()))
@@ -206,6 +211,13 @@ class Worker:
                 await conn.execute(self.app.queries["worker_deregister"], {"id": self.worker_id})
         except Exception as exc:
             logger.warning("could not deregister cleanly (%s); the leader forgets us later", exc)
+
+    def _exit_for_memory(self, code: int) -> None:
+        """Above the hard memory limit: shut down now, with no grace for running jobs."""
+        self.exit_code = code
+        self._grace = 0.0
+        assert self._stop is not None
+        self._stop.set()
 
     def _observe(self, adb: AsyncDatabase) -> None:
         """Metrics and error reporting subscribe to telemetry only when asked for, so a
