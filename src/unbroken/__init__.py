@@ -24,7 +24,7 @@ from unbroken.chunks import (
     read_progress,
     run_chunks,
 )
-from unbroken.context import JobContext, current_job
+from unbroken.context import JobContext, Upstream, current_job
 from unbroken.db.backoff import BackoffPolicy
 from unbroken.enqueue import JobSpec
 from unbroken.errors import (
@@ -42,6 +42,7 @@ from unbroken.errors import (
 )
 from unbroken.runtime.worker import Worker
 from unbroken.settings import Settings, load_settings
+from unbroken.workflow import Step, Workflow
 
 Retry = BackoffPolicy  # reads well at the call site: @app.task(retry=unbroken.Retry(base=5))
 
@@ -68,10 +69,13 @@ __all__ = [
     "Retry",
     "Settings",
     "Snooze",
+    "Step",
     "Task",
     "UnbrokenError",
     "UnitOfWorkFailed",
+    "Upstream",
     "Worker",
+    "Workflow",
     "__version__",
     "aread_progress",
     "arun_chunks",

@@ -10,6 +10,7 @@ send_welcome.using(delay=60, priority=5).enqueue(43)
 app.enqueue_many([send_welcome.job(i) for i in range(1000)])   # one statement
 with psycopg.connect(...) as conn:                       # in the caller's transaction
     send_welcome.using(conn=conn).enqueue(44)
+wf = app.workflow("signup")                              # jobs after jobs: unbroken.workflow
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from unbroken.errors import ConfigError, EnqueueError, Permanent
 from unbroken.periodic import CatchUp, Schedule, schedule, with_tick
 from unbroken.settings import MAX_SECONDS, Settings, load_settings
 from unbroken.sql import Queries, queries
+from unbroken.workflow import Workflow
 
 if TYPE_CHECKING:
     from unbroken.runtime.worker import Worker
@@ -408,6 +410,10 @@ class App:
 
         return await adb.pool("api").run(insert)
 
+    def workflow(self, name: str = "workflow") -> Workflow:
+        """A new workflow: add steps (`step`, `group`), then `enqueue` them all at once."""
+        return Workflow(self, name)
+
     # --- database --------------------------------------------------------------------------
     def target(self) -> Target:
         with self._lock:
@@ -491,6 +497,16 @@ class App:
     def cancel(self, *job_ids: int) -> dict[int, str]:
         """Cancel waiting jobs now; ask running ones to stop. Returns {id: state} changed."""
         return self._ids_op("job_cancel_many", job_ids)
+
+    def cancel_workflow(self, workflow_id: int) -> dict[int, str]:
+        """Cancel a workflow's waiting jobs now (pending, scheduled, retries) and ask its
+        running ones to stop, through their lease. Returns {id: state} changed."""
+
+        def run(conn: Connection[Any]) -> dict[int, str]:
+            rows = conn.execute(self.queries["workflow_cancel"], {"id": workflow_id})
+            return {row[0]: row[1] for row in rows.fetchall()}
+
+        return self.database().pool("api").run(run, transaction=False)
 
     def retry(self, *job_ids: int) -> list[int]:
         """Put dead or cancelled jobs back in line now; returns the ids re-queued."""

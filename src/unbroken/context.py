@@ -2,8 +2,8 @@
 
 The executor sets a `JobContext` in a context variable before it calls the task (for sync
 tasks, in the thread that runs them), so task code and helpers such as the chunked runner
-can reach the job's id, attempt, checkpoint and the runtime's pools without the task
-having to accept an extra argument.
+can reach the job's id, attempt, checkpoint, a workflow step's upstream results and the
+runtime's pools without the task having to accept an extra argument.
 
 Two things a task does through it:
 - `ctx.progress(done=, total=, message=)` only records the report in memory; the lease
@@ -67,6 +67,28 @@ class TaskProgress:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One upstream job of a workflow's step, as it ended: `succeeded` with its `result`
+    (its return value, decoded JSON), or `dead` or `cancelled` (result None) for a step
+    declared `run_anyway`."""
+
+    job_id: int
+    task: str
+    state: str
+    result: Any
+
+
+def parse_upstream(text: str | None) -> list[Upstream]:
+    """The claim's `upstream` column (a JSON array, in declared order) as `Upstream`s."""
+    if not text:
+        return []
+    return [
+        Upstream(int(u["id"]), str(u["task"]), str(u["state"]), u.get("result"))
+        for u in json.loads(text)
+    ]
+
+
 @dataclass(slots=True)
 class JobContext:
     """The running attempt of one job. Fencing identity: (job_id, attempt, claim, worker_id)."""
@@ -90,11 +112,19 @@ class JobContext:
     lease_lost: bool = False  # set by the heartbeat when the job was rescued elsewhere
     task_chunk_size: int | None = None  # the chunk size the task was declared with
     last_progress: TaskProgress | None = None  # as the previous attempts left it
+    workflow_id: int | None = None  # its workflow (unbroken.workflow), None for a lone job
+    upstream: list[Upstream] = field(default_factory=list)  # a step's upstream jobs, in order
     extra: dict[str, Any] = field(default_factory=dict)
     # This attempt's reports: (version, keys) replaced whole, so a reader in another thread
     # sees one report or the next, never half of one; `_sent` is the version last written.
     _reported: tuple[int, dict[str, Any]] = (0, {})
     _sent: int = 0
+
+    def upstream_results(self) -> list[Any]:
+        """The return values of this workflow step's upstream jobs, in the order its
+        dependencies were declared (None for one that ended dead or cancelled, when the
+        step runs anyway); read when the job was claimed, no query."""
+        return [u.result for u in self.upstream]
 
     def check(self) -> None:
         """Raise if the job should stop now: its lease is gone, or it was cancelled."""

@@ -18,6 +18,7 @@ from enum import StrEnum
 
 
 class JobState(StrEnum):
+    PENDING = "pending"  # a workflow's step: waits for its upstream jobs (unbroken.workflow)
     SCHEDULED = "scheduled"  # waits for run_at (enqueued for later, or snoozed)
     AVAILABLE = "available"  # may be fetched now
     RUNNING = "running"  # held by a worker under a lease
@@ -30,9 +31,12 @@ class JobState(StrEnum):
 # Not yet due: the scheduler promotes them to available when run_at comes.
 DUE_LATER = frozenset({JobState.SCHEDULED, JobState.RETRYABLE})
 # Waiting to run.
-WAITING = frozenset({JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYABLE})
-# Not finished: a unique key is held by a job in one of these (jobs_unique_key_idx).
-ACTIVE = WAITING | {JobState.RUNNING}
+WAITING = frozenset({JobState.PENDING, JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYABLE})
+# Not finished.
+LIVE = WAITING | {JobState.RUNNING}
+# A unique key is held by a job in one of these (jobs_unique_key_idx): every live state but
+# pending, since a workflow's steps have no unique key.
+ACTIVE = LIVE - {JobState.PENDING}
 # Final: finished_at is set exactly in these (the jobs_finished_iff_final constraint).
 FINAL = frozenset({JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED})
 

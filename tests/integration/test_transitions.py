@@ -249,7 +249,8 @@ class TransitionMachine(RuleBasedStateMachine):
     @rule()
     def prune(self) -> None:
         cur = self.conn.execute(Q["job_prune_finished"], {"retention": 0, "limit": 1000})
-        assert cur.rowcount == len(self.model.prune())
+        row = cur.fetchone()
+        assert row is not None and row[0] == len(self.model.prune())
 
     # --- the operator's statements --------------------------------------------------------------
     @rule(data=st.data())

@@ -7,7 +7,7 @@ import pytest
 from unbroken.errors import ConfigError
 from unbroken.ops.filters import JobFilter, parse_duration
 from unbroken.ops.store import CANCELLABLE_STATES, RETRYABLE_STATES
-from unbroken.states import ACTIVE, FINAL, JobState
+from unbroken.states import FINAL, LIVE, JobState
 
 
 def test_states_are_job_states_in_the_order_given() -> None:
@@ -20,16 +20,16 @@ def test_states_are_job_states_in_the_order_given() -> None:
 
 
 def test_an_unknown_state_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown job state 'zombie' \\(one of: scheduled, "):
+    with pytest.raises(ConfigError, match="unknown job state 'zombie' \\(one of: pending, scheduled, "):
         JobFilter.build(state="dead,zombie")
 
 
 def test_actions_apply_to_the_states_their_guarded_writes_accept() -> None:
-    assert set(CANCELLABLE_STATES) == ACTIVE
+    assert set(CANCELLABLE_STATES) == LIVE
     assert set(RETRYABLE_STATES) == FINAL - {JobState.SUCCEEDED}
     everything = JobFilter.build(queue="etl")
     assert everything.restricted_to(CANCELLABLE_STATES).describe() == (
-        "state=scheduled,available,retryable,running queue=etl"
+        "state=pending,scheduled,available,retryable,running queue=etl"
     )
     # None of the asked states is one the action applies to: it matches nothing.
     assert JobFilter.build(state="running").restricted_to(RETRYABLE_STATES).states == ()

@@ -27,10 +27,40 @@ def cursor(*names: str) -> Any:
 
 def test_a_claimed_job_is_built_from_the_row_by_position() -> None:
     at = datetime(2025, 6, 1, tzinfo=UTC)
-    values = (7, "mail", "app.send", '{"args": [1]}', 2, 5, 0, None, None, None, 1, at, "claim")
+    values = (
+        7,
+        "mail",
+        "app.send",
+        '{"args": [1]}',
+        2,
+        5,
+        0,
+        None,
+        None,
+        None,
+        1,
+        at,
+        None,
+        None,
+        "claim",
+    )
     job = CLAIMED_JOB(cursor(*CLAIM_COLUMNS))(values)
     assert job == ClaimedJob(
-        7, "mail", "app.send", '{"args": [1]}', 2, 5, 0, None, None, None, 1, at, "claim"
+        7,
+        "mail",
+        "app.send",
+        '{"args": [1]}',
+        2,
+        5,
+        0,
+        None,
+        None,
+        None,
+        1,
+        at,
+        None,
+        None,
+        "claim",
     )
     assert (job.id, job.attempt, job.claim, job.run_at) == (7, 2, "claim", at)
     with pytest.raises(AttributeError):

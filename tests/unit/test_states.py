@@ -16,6 +16,7 @@ from unbroken.states import (
     ACTIVE,
     DUE_LATER,
     FINAL,
+    LIVE,
     OUTCOME_STATE,
     RETRIED,
     WAITING,
@@ -42,7 +43,7 @@ def state_sets(sql: str) -> dict[str, set[str]]:
         r"CONSTRAINT (\w+) CHECK \((.*?)\)(?:,\n|\n\);)", sql, re.S
     ) + re.findall(r"CREATE (?:UNIQUE )?INDEX (\w+) ON unbroken\.jobs [^;]*?WHERE ([^;]*);", sql):
         named: set[str] = set()
-        for m in re.finditer(r"\bstate\s*(?:=|<>|IN)\s*(\([^)]*\)|'[a-z_]+')", text):
+        for m in re.finditer(r"\bstate(?:::text)?\s*(?:=|<>|IN)\s*(\([^)]*\)|'[a-z_]+')", text):
             named.update(QUOTED.findall(m.group(1)))
         if named:
             found[name] = named
@@ -78,6 +79,8 @@ def test_the_sets_match_the_predicates_they_mirror() -> None:
     assert sets["jobs_lease_idx"] == {JobState.RUNNING}
     assert WAITING | {JobState.RUNNING} | FINAL == set(JobState)
     assert not WAITING & FINAL
+    assert LIVE == ACTIVE | {JobState.PENDING}  # a workflow's steps take no unique key
+    assert sets["jobs_pending_waits_upstream"] == {JobState.PENDING}
 
 
 def test_a_state_the_enum_lacks_is_caught() -> None:

@@ -59,7 +59,8 @@ R = TypeVar("R")
 
 # What the guarded writes of jobs.sql accept, in the order a confirmation lists them.
 RETRYABLE_STATES = (JobState.DEAD, JobState.CANCELLED)  # job_retry_many
-CANCELLABLE_STATES = (  # job_cancel_many: the ACTIVE states
+CANCELLABLE_STATES = (  # job_cancel_many: the LIVE states
+    JobState.PENDING,
     JobState.SCHEDULED,
     JobState.AVAILABLE,
     JobState.RETRYABLE,

@@ -33,8 +33,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from unbroken import logs, telemetry
-from unbroken.context import JobContext, TaskProgress, reset_current_job, set_current_job
+from unbroken.context import (
+    JobContext,
+    TaskProgress,
+    parse_upstream,
+    reset_current_job,
+    set_current_job,
+)
 from unbroken.db.backoff import BackoffPolicy
+from unbroken.enqueue import unstorable_in
 from unbroken.errors import JobCancelled, LeaseLost, Snooze
 from unbroken.runtime.completer import Completer, Outcome
 from unbroken.runtime.rows import ClaimedJob
@@ -171,6 +178,8 @@ class Executor:
             adb=self._adb,
             db=self._db,
             last_progress=TaskProgress.from_json(job.progress),
+            workflow_id=job.workflow_id,
+            upstream=parse_upstream(job.upstream),
         )
         declared = self._app.tasks.get(task_name)
         if declared is not None:
@@ -272,7 +281,15 @@ class Executor:
             )
         finally:
             reset_current_job(token)
-        return done(OutcomeKind.SUCCEEDED, result=_result_json(ctx, result))
+        stored, problem = _result_json(result, self._settings.max_payload_bytes)
+        if problem is None:
+            return done(OutcomeKind.SUCCEEDED, result=stored)
+        if ctx.workflow_id is None:
+            logger.warning("job %d: return value not stored: %s", ctx.job_id, problem)
+            return done(OutcomeKind.SUCCEEDED)
+        # A workflow's dependents read it: a step whose result is lost must not pass.
+        error = self._error(ctx, "ResultNotStorable", problem, None, "permanent")
+        return done(OutcomeKind.DEAD, error=error)
 
     async def _call(self, task: Task[Any, Any], ctx: JobContext) -> Any:
         payload = ctx.args
@@ -484,11 +501,22 @@ def _error_type(error: str | None) -> str | None:
         return None
 
 
-def _result_json(ctx: JobContext, result: Any) -> str | None:
+def _result_json(result: Any, limit: int) -> tuple[str | None, str | None]:
+    """The return value as JSON to store, or why it cannot be stored (not JSON, over the
+    payload limit, text jsonb cannot hold)."""
     if result is None:
-        return None
+        return None, None
     try:
-        return json.dumps(result)
-    except (TypeError, ValueError):
-        logger.warning("job %d: return value is not JSON; not stored", ctx.job_id)
-        return None
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return None, f"the return value is not JSON ({exc})"
+    if len(text) > limit:
+        return None, (
+            f"the return value is {len(text):,} bytes of JSON, over the limit of {limit:,} "
+            "(UNBROKEN_MAX_PAYLOAD_BYTES); store big data in a table and return its key"
+        )
+    if "\\u0000" in text or "\\ud" in text:
+        bad = unstorable_in(text)
+        if bad is not None:
+            return None, f"the return value holds {bad}, which PostgreSQL cannot store as text"
+    return text, None

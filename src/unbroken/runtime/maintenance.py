@@ -5,7 +5,8 @@
   not in the first lease after the server (re)started, when no live worker could renew.
 - Scheduler: scheduled and retryable jobs whose run_at has come become available, and a
   NOTIFY wakes the workers of their queues.
-- Pruner: finished jobs older than the retention are deleted, 1,000 at a time, and
+- Pruner: finished jobs older than the retention are deleted, 1,000 at a time (never
+  those of a workflow that still has a live job), then workflows left without jobs, and
   workers silent for long are forgotten.
 """
 
@@ -92,7 +93,9 @@ class Maintenance:
                 self._q["job_prune_finished"],
                 {"retention": self._settings.retention_seconds, "limit": BATCH},
             )
-            pruned = cur.rowcount
+            row = await cur.fetchone()
+            pruned = int(row[0]) if row else 0
+            await conn.execute(self._q["workflow_prune_empty"], {"limit": BATCH})
             await conn.execute(
                 self._q["worker_prune_silent"], {"silence": self._settings.lease_seconds * 10}
             )

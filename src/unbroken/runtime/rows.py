@@ -65,6 +65,8 @@ class ClaimedJob(NamedTuple):
     chunk_size: int | None
     rescues: int
     run_at: datetime  # when it became due (enqueued, or its scheduled time)
+    workflow_id: int | None  # its workflow, None for a job enqueued alone
+    upstream: str | None  # a workflow step's upstream jobs (JSON text: unbroken.workflow)
     claim: str  # the claim's token (its now() as text): fences every write of the attempt
 
 

@@ -83,7 +83,17 @@ SET state = 'running',
 FROM picked, claim
 WHERE j.id = picked.id
 RETURNING j.id, j.queue, j.task, j.args::text, j.attempt, j.max_attempts, j.priority,
-          j.checkpoint, j.progress, j.chunk_size, j.rescues, j.run_at, claim.token
+          j.checkpoint, j.progress, j.chunk_size, j.rescues, j.run_at, j.workflow_id,
+          -- A workflow's step gets its upstream jobs' ends and results with its claim, in
+          -- the order its dependencies were declared; the CASE spares every other job the
+          -- lookup.
+          CASE WHEN j.workflow_id IS NOT NULL THEN (
+              SELECT jsonb_agg(jsonb_build_object(
+                         'id', u.id, 'task', u.task, 'state', u.state, 'result', u.result)
+                     ORDER BY d.position)::text
+              FROM unbroken.job_deps AS d JOIN unbroken.jobs AS u ON u.id = d.depends_on
+              WHERE d.job_id = j.id) END AS upstream,
+          claim.token
 
 -- name: job_finish_many
 -- Record a batch of attempt outcomes; rows whose attempt, claim, state or owner moved on are left untouched (fencing).
@@ -264,13 +274,25 @@ SELECT EXISTS (
 )
 
 -- name: job_prune_finished
--- Delete a small batch of finished jobs older than the retention.
-DELETE FROM unbroken.jobs
-WHERE id IN (
-    SELECT id FROM unbroken.jobs
-    WHERE finished_at < now() - make_interval(secs => %(retention)s)
-    LIMIT %(limit)s
+-- Delete a small batch of finished jobs older than the retention, but none of a workflow that still has a live job (its steps read their upstream results), with their dependency rows.
+WITH pruned AS (
+    DELETE FROM unbroken.jobs
+    WHERE id IN (
+        SELECT j.id FROM unbroken.jobs AS j
+        WHERE j.finished_at < now() - make_interval(secs => %(retention)s)
+          AND (j.workflow_id IS NULL OR NOT EXISTS (
+              SELECT 1 FROM unbroken.jobs AS live
+              WHERE live.workflow_id = j.workflow_id
+                AND live.state IN ('pending', 'scheduled', 'available', 'running', 'retryable')))
+        LIMIT %(limit)s
+    )
+    RETURNING id, workflow_id
+),
+deps AS (
+    DELETE FROM unbroken.job_deps
+    WHERE job_id IN (SELECT id FROM pruned WHERE workflow_id IS NOT NULL)
 )
+SELECT count(*) FROM pruned
 
 -- name: job_cancel_many
 -- Cancel waiting jobs at once and ask running ones to stop (they see it at their next heartbeat).
@@ -283,7 +305,7 @@ UPDATE unbroken.jobs
 SET state = (CASE WHEN state = 'running' THEN 'running' ELSE 'cancelled' END)::unbroken.job_state,
     finished_at = CASE WHEN state = 'running' THEN NULL ELSE now() END,
     cancel_requested = true
-WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('scheduled', 'available', 'retryable', 'running')
+WHERE id = ANY(%(ids)s::bigint[]) AND state IN ('pending', 'scheduled', 'available', 'retryable', 'running')
   AND (SELECT count(*) FROM locked) >= 0
 RETURNING id, state::text
 

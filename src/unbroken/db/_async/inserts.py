@@ -47,3 +47,14 @@ async def insert_many(
         for piece in copy_pieces(name, ids, rows, datetime.now(UTC)):
             await copy.write(piece)
     return ids
+
+
+async def insert_workflow(
+    conn: AsyncConnection[Any], queries: Queries, params: dict[str, Any]
+) -> tuple[int, list[int]]:
+    """Write a workflow (Workflow.params()) in one statement: its id and its jobs' ids."""
+    cur = await conn.execute(queries["workflow_insert"], params, prepare=False)
+    row = await cur.fetchone()
+    if row is None:  # the statement always returns its one row
+        raise EnqueueError(f"workflow {params['name']}: nothing was written")
+    return int(row[0]), [int(i) for i in row[1]]

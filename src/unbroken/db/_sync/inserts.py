@@ -46,3 +46,14 @@ def insert_many(conn: Connection[Any], queries: Queries, rows: Sequence[JobSpec]
         for piece in copy_pieces(name, ids, rows, datetime.now(UTC)):
             copy.write(piece)
     return ids
+
+
+def insert_workflow(
+    conn: Connection[Any], queries: Queries, params: dict[str, Any]
+) -> tuple[int, list[int]]:
+    """Write a workflow (Workflow.params()) in one statement: its id and its jobs' ids."""
+    cur = conn.execute(queries["workflow_insert"], params, prepare=False)
+    row = cur.fetchone()
+    if row is None:  # the statement always returns its one row
+        raise EnqueueError(f"workflow {params['name']}: nothing was written")
+    return int(row[0]), [int(i) for i in row[1]]

@@ -1,0 +1,314 @@
+"""Workflows on a real server: results passed downstream, cancellation of dependents,
+cancelling a whole workflow through leases, pruning, and a workflow run by worker processes
+that are SIGKILLed (and a server restarted) ending with every step run to success once.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from apps.harness import FAST_SETTINGS, Probe, running_worker, wait_until, worker_processes
+from apps.workflow_app import RUNS_DDL, step
+from pg import Faults
+from unbroken import App, EnqueueError, Permanent, Step, current_job
+from unbroken.sql import queries
+
+Q = queries()
+
+
+def states(probe: Probe, workflow_id: int) -> dict[int, str]:
+    rows = probe.rows("SELECT id, state::text FROM unbroken.jobs WHERE workflow_id = %s", [workflow_id])
+    return {r["id"]: r["state"] for r in rows}
+
+
+def wait_all_final(probe: Probe, workflow_id: int, timeout: float = 60) -> dict[int, str]:
+    def done() -> dict[int, str] | None:
+        found = states(probe, workflow_id)
+        return found if all(s in ("succeeded", "dead", "cancelled") for s in found.values()) else None
+
+    return wait_until(done, timeout=timeout, what=f"workflow {workflow_id} to end")
+
+
+def test_fan_out_and_fan_in_pass_results_downstream(app: App, probe: Probe) -> None:
+    @app.task(name="wf.extract")
+    def extract(n: int) -> int:
+        return n
+
+    @app.task(name="wf.square")
+    def square(i: int) -> int:
+        (base,) = current_job().upstream_results()
+        return int(base) * i * i
+
+    @app.task(name="wf.total")
+    async def total() -> dict[str, Any]:
+        job = current_job()
+        return {"sum": sum(job.upstream_results()), "from": [u.task for u in job.upstream]}
+
+    wf = app.workflow("fan")
+    first = wf.step(extract.job(10))
+    parts = wf.group([square.job(i) for i in (1, 2, 3)], after=first)
+    last = wf.step(total.job()).after(parts)
+    workflow_id = wf.enqueue()
+    assert probe.state(first.job_id or 0) == "available"
+    assert {probe.state(p.job_id or 0) for p in parts} | {probe.state(last.job_id or 0)} == {
+        "pending"
+    }
+    with running_worker(app):
+        assert set(wait_all_final(probe, workflow_id).values()) == {"succeeded"}
+    assert probe.job(last.job_id or 0)["result"] == {"sum": 140, "from": ["wf.square"] * 3}
+    # The join ran only after each part had finished.
+    finished = probe.value(
+        "SELECT max(finished_at) FROM unbroken.jobs WHERE id = ANY(%s)", [[p.job_id for p in parts]]
+    )
+    assert probe.job(last.job_id or 0)["attempted_at"] > finished
+
+
+def test_an_upstream_that_dies_cancels_its_dependents_unless_they_run_anyway(
+    app: App, probe: Probe
+) -> None:
+    @app.task(name="wf.fail")
+    def fail() -> None:
+        raise Permanent("source unreachable")
+
+    @app.task(name="wf.echo")
+    def echo(tag: str) -> dict[str, Any]:
+        return {"tag": tag, "upstream": [[u.state, u.result] for u in current_job().upstream]}
+
+    wf = app.workflow("failing")
+    ok = wf.step(echo.job("ok"))
+    bad = wf.step(fail.job())
+    child = wf.step(echo.job("child"), after=[ok, bad])
+    grandchild = wf.step(echo.job("grandchild"), after=child)
+    cleanup = wf.step(echo.job("cleanup"), after=[ok, bad], run_anyway=True)
+    workflow_id = wf.enqueue()
+    with running_worker(app):
+        wait_all_final(probe, workflow_id)
+    assert probe.state(bad.job_id or 0) == "dead"
+    for step in (child, grandchild):
+        job = probe.job(step.job_id or 0)
+        assert job["state"] == "cancelled"
+        assert job["attempt"] == 0  # never ran
+        assert job["errors"][-1]["type"] == "UpstreamFailed"
+    assert probe.job(cleanup.job_id or 0)["result"] == {
+        "tag": "cleanup",
+        "upstream": [["succeeded", {"tag": "ok", "upstream": []}], ["dead", None]],
+    }
+
+
+def test_cancelling_a_workflow_reaches_its_running_job_and_its_scheduled_retry(
+    app: App, probe: Probe
+) -> None:
+    started = threading.Event()
+
+    @app.task(name="wf.long")
+    def long() -> None:
+        started.set()
+        while True:  # stops only when told, at a check
+            current_job().check()
+            threading.Event().wait(0.05)
+
+    @app.task(name="wf.flaky", retry=__import__("unbroken").Retry(base=3600, cap=3600))
+    def flaky() -> None:
+        raise RuntimeError("try again in an hour")
+
+    @app.task(name="wf.after")
+    def after() -> None: ...
+
+    wf = app.workflow("to cancel")
+    running = wf.step(long.job())
+    retry = wf.step(flaky.job())
+    waiting = wf.step(after.job(), after=[running, retry], run_anyway=True)
+    workflow_id = wf.enqueue()
+    with running_worker(app):
+        probe.wait_state(retry.job_id or 0, "retryable", timeout=30)
+        wait_until(started.is_set, timeout=30, what="the long step to start")
+        changed = app.cancel_workflow(workflow_id)
+        assert changed == {
+            running.job_id: "running",  # asked to stop, through its lease
+            retry.job_id: "cancelled",
+            waiting.job_id: "cancelled",
+        }
+        probe.wait_state(running.job_id or 0, "cancelled", timeout=30)
+    job = probe.job(running.job_id or 0)
+    assert job["errors"][-1]["type"] == "JobCancelled"
+    assert app.cancel_workflow(workflow_id) == {}
+
+
+def test_pruning_keeps_the_finished_jobs_of_a_workflow_that_still_runs(
+    app: App, probe: Probe, database_url: str
+) -> None:
+    release = threading.Event()
+
+    @app.task(name="wf.quick")
+    def quick() -> str:
+        return "upstream result"
+
+    @app.task(name="wf.blocked")
+    def blocked() -> None:
+        release.wait(60)
+
+    @app.task(name="wf.reader")
+    def reader() -> list[Any]:
+        return current_job().upstream_results()
+
+    wf = app.workflow("kept")
+    first = wf.step(quick.job())
+    middle = wf.step(blocked.job(), after=first)
+    last = wf.step(reader.job(), after=[first, middle])
+    workflow_id = wf.enqueue()
+    lone = quick.enqueue()
+
+    def prune() -> int:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute(Q["job_prune_finished"], {"retention": 0, "limit": 1000}).fetchone()
+            conn.execute(Q["workflow_prune_empty"], {"limit": 1000})
+        return int(row[0]) if row else 0
+
+    with running_worker(app):
+        probe.wait_state(middle.job_id or 0, "running", timeout=30)
+        probe.wait_state(lone, "succeeded", timeout=30)
+        assert prune() == 1  # the lone job; not the workflow's finished first step
+        assert probe.state(first.job_id or 0) == "succeeded"
+        release.set()
+        probe.wait_state(last.job_id or 0, "succeeded", timeout=30)
+    assert probe.job(last.job_id or 0)["result"] == ["upstream result", None]
+    assert prune() == 3
+    assert probe.value("SELECT count(*) FROM unbroken.job_deps") == 0
+    assert probe.value("SELECT count(*) FROM unbroken.workflows WHERE id = %s", [workflow_id]) == 0
+
+
+def test_a_workflow_is_written_whole_in_the_callers_transaction(
+    app: App, probe: Probe, database_url: str
+) -> None:
+    @app.task(name="wf.noop")
+    def noop() -> None: ...
+
+    wf = app.workflow("rolled back")
+    wf.step(noop.job(), after=wf.step(noop.job()))
+    with psycopg.connect(database_url) as conn:
+        workflow_id = wf.enqueue(conn=conn)
+        conn.rollback()
+    assert probe.value("SELECT count(*) FROM unbroken.jobs") == 0
+    assert probe.value("SELECT count(*) FROM unbroken.workflows") == 0
+    assert workflow_id >= 1
+    with pytest.raises(EnqueueError, match="enqueued already"):
+        wf.enqueue()
+
+
+def test_steps_are_refused_with_a_clear_line(app: App) -> None:
+    @app.task(name="wf.keyed", unique=True)
+    def keyed() -> None: ...
+
+    @app.task(name="wf.plain")
+    def plain() -> None: ...
+
+    wf = app.workflow("refused")
+    with pytest.raises(EnqueueError, match="has a unique key; a workflow's steps take none"):
+        wf.step(keyed.job())
+    a = wf.step(plain.job())
+    b = wf.step(plain.job())
+    with pytest.raises(EnqueueError, match="can only follow steps added before it"):
+        a.after(b)
+    with pytest.raises(EnqueueError, match="another workflow"):
+        app.workflow("other").step(plain.job(), after=a)
+    with pytest.raises(EnqueueError, match="has no steps"):
+        app.workflow("empty").enqueue()
+
+
+# --- worker processes killed, server restarted --------------------------------------------
+def layered_steps(count: int, rng: random.Random) -> list[list[int]]:
+    """Each step's upstream steps (1-based), drawn among the steps before it: chains,
+    fan-outs and joins."""
+    after: list[list[int]] = []
+    for n in range(1, count + 1):
+        before = list(range(1, n))
+        after.append(sorted(rng.sample(before, min(len(before), rng.choice((0, 1, 1, 2, 3))))))
+    return after
+
+
+def test_a_workflow_under_worker_sigkills_runs_each_step_to_success_once(
+    app: App, database_url: str, probe: Probe, faults: Faults, tmp_path: Path
+) -> None:
+    rng = random.Random(14)
+    graph = layered_steps(20, rng)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(RUNS_DDL)
+        # Every release of a pending step, as the server makes it: one row per transition.
+        conn.execute(
+            "CREATE TABLE public.wf_releases (job_id bigint, state text, upstream_left int)"
+        )
+        conn.execute(
+            "CREATE FUNCTION public.wf_note_release() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN INSERT INTO public.wf_releases VALUES (NEW.id, NEW.state::text,"
+            " NEW.upstream_left); RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER wf_note_release AFTER UPDATE OF state ON unbroken.jobs FOR EACH ROW"
+            " WHEN (OLD.state::text = 'pending' AND NEW.state::text <> 'pending')"
+            " EXECUTE FUNCTION public.wf_note_release()"
+        )
+    steps: list[Step] = []
+    wf = app.workflow("killed")
+    for n, upstream in enumerate(graph, start=1):
+        steps.append(wf.step(step.job(n), after=[steps[u - 1] for u in upstream]))
+    workflow_id = wf.enqueue()
+    ids = [s.job_id for s in steps]
+
+    settings = {k: v for k, v in FAST_SETTINGS.items() if k != "concurrency"}
+    with worker_processes(database_url, tmp_path, "tests.apps.workflow_app:app", **settings) as start:
+        workers = [start(f"w{i}", concurrency=2) for i in range(3)]
+        kills, restarted, round_ = 0, False, 0
+
+        def ended() -> bool:
+            return all(s in ("succeeded", "dead", "cancelled") for s in states(probe, workflow_id).values())
+
+        while not ended():
+            round_ += 1
+            # Kill a worker once some step of it is running, then start a new one.
+            victim = rng.randrange(len(workers))
+            runs_before = probe.value("SELECT count(*) FROM public.wf_runs")
+            wait_until(
+                lambda: ended() or probe.value("SELECT count(*) FROM public.wf_runs") > runs_before,
+                timeout=60,
+                what="a step to start",
+            )
+            if workers[victim].alive():
+                workers[victim].signal(signal.SIGKILL)
+                workers[victim].wait_exit(30)
+                kills += 1
+            workers[victim] = start(f"w{victim}-{round_}", concurrency=2)
+            if round_ == 5 and not restarted:
+                faults.restart()
+                restarted = True
+            assert round_ < 200, "the workflow did not end"
+        final = wait_all_final(probe, workflow_id, timeout=120)
+    assert kills >= 3
+    assert set(final.values()) == {"succeeded"}, final
+    for n, (job_id, upstream) in enumerate(zip(ids, graph, strict=True), start=1):
+        job = probe.job(job_id or 0)
+        assert job["result"] == n
+        # Every run of the step, including runs a kill cut short, saw all of its upstream
+        # steps succeeded with their results: a step released early (an upstream counted
+        # twice) would have run with one still unfinished.
+        runs = probe.rows("SELECT attempt, upstream FROM public.wf_runs WHERE job_id = %s", [job_id])
+        assert runs, f"step {n} never ran"
+        for run in runs:
+            assert run["upstream"] == [{"state": "succeeded", "result": u} for u in upstream]
+        # Attempts are never repeated: no run was given a claim twice.
+        attempts = [r["attempt"] for r in runs]
+        assert len(attempts) == len(set(attempts)), (n, attempts)
+        # A step with upstream steps was released exactly once, when its count reached 0.
+        releases = probe.rows("SELECT state, upstream_left FROM public.wf_releases WHERE job_id = %s", [job_id])
+        if upstream:
+            assert releases == [{"state": "available", "upstream_left": 0}], (n, releases)
+        else:
+            assert releases == []
+    assert probe.value("SELECT count(*) FROM unbroken.job_deps WHERE NOT resolved") == 0
+    print(f"kills={kills} rounds={round_} runs={probe.value('SELECT count(*) FROM public.wf_runs')}")
