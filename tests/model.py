@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 
 SCHEDULED, AVAILABLE, RUNNING, RETRYABLE = "scheduled", "available", "running", "retryable"
 SUCCEEDED, DEAD, CANCELLED = "succeeded", "dead", "cancelled"
-STATES = (SCHEDULED, AVAILABLE, RUNNING, RETRYABLE, SUCCEEDED, DEAD, CANCELLED)
+# A workflow's step waiting for its upstream jobs. The model writes no workflow (its edges
+# are docs/state_machine.md's "Workflows" list, tested by tests/integration/test_workflows.py).
+PENDING = "pending"
+STATES = (PENDING, SCHEDULED, AVAILABLE, RUNNING, RETRYABLE, SUCCEEDED, DEAD, CANCELLED)
 FINAL = frozenset({SUCCEEDED, DEAD, CANCELLED})
 LIVE = frozenset({SCHEDULED, AVAILABLE, RUNNING, RETRYABLE})
 # The next states a worker may ask for in job_finish_many (the executor decides: succeeded;
