@@ -5,6 +5,7 @@ that are SIGKILLed (and a server restarted) ending with every step run to succes
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -16,6 +17,7 @@ import pytest
 
 from apps.harness import FAST_SETTINGS, Probe, running_worker, wait_until, worker_processes
 from apps.workflow_app import RUNS_DDL, step
+from cli_support import cli
 from pg import Faults
 from unbroken import App, EnqueueError, Permanent, Step, current_job
 from unbroken.sql import queries
@@ -312,3 +314,29 @@ def test_a_workflow_under_worker_sigkills_runs_each_step_to_success_once(
             assert releases == []
     assert probe.value("SELECT count(*) FROM unbroken.job_deps WHERE NOT resolved") == 0
     print(f"kills={kills} rounds={round_} runs={probe.value('SELECT count(*) FROM public.wf_runs')}")
+
+
+def test_the_cli_lists_shows_and_cancels_a_workflow(app: App, database_url: str) -> None:
+    @app.task(name="wf.cli_step")
+    def cli_step() -> None: ...
+
+    wf = app.workflow("nightly")
+    first = wf.step(cli_step.job())
+    wf.group([cli_step.job(), cli_step.job()], after=first, run_anyway=True)
+    workflow_id = wf.enqueue()
+
+    listed = json.loads(cli(database_url, "workflows", "ls", "--json").stdout)["workflows"]
+    assert [(w["id"], w["name"], w["state"], w["live"]) for w in listed] == [
+        (workflow_id, "nightly", "running", 3)
+    ]
+    shown = cli(database_url, "workflows", "show", str(workflow_id))
+    assert shown.returncode == 0, shown.stderr
+    assert "nightly" in shown.stdout and f"{first.job_id} (run anyway)" in shown.stdout
+    refused = cli(database_url, "workflows", "cancel", str(workflow_id))
+    assert refused.returncode != 0 and "pass --yes" in refused.stderr
+    done = cli(database_url, "workflows", "cancel", str(workflow_id), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert f"workflow {workflow_id}: 3 jobs cancelled, 0 running asked to stop" in done.stdout
+    missing = cli(database_url, "workflows", "show", "999999")
+    assert missing.returncode != 0
+    assert "no workflow 999999" in missing.stderr and "Traceback" not in missing.stderr

@@ -90,6 +90,7 @@ def _register() -> None:
         "dlq",
         "queues",
         "schedules",
+        "workflows",
         "inspect",
         "demo",
         "dashboard_cmd",

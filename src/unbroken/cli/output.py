@@ -52,6 +52,7 @@ console.soft_wrap = not console.is_terminal  # piped: a line stays one line, wha
 err = Console(stderr=True, highlight=False)
 
 STATE_STYLE = {
+    JobState.PENDING: "blue dim",
     JobState.SCHEDULED: "blue",
     JobState.AVAILABLE: "cyan",
     JobState.RUNNING: "yellow",

@@ -450,3 +450,43 @@ class ScheduleInfo:
         if last_run is not None and next_run is not None:
             last_run = last_run.astimezone(next_run.tzinfo)
         return cls(**columns, next_run=next_run, last_run=last_run)
+
+
+# --- workflows -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkflowSummary:
+    """A workflow and its jobs counted: succeeded, failed (dead or cancelled), live."""
+
+    id: int
+    name: str
+    created_at: datetime
+    steps: int
+    succeeded: int
+    failed: int
+    live: int
+    last_finished_at: datetime | None
+
+    @property
+    def state(self) -> str:
+        """running while a job is live; else succeeded, or failed when one did not."""
+        if self.live:
+            return "running"
+        return "failed" if self.failed else "succeeded"
+
+
+@dataclass(frozen=True)
+class WorkflowStep:
+    """One job of a workflow: its state and the jobs it waits for (`after`, in order)."""
+
+    id: int
+    task: str
+    queue: str
+    state: str
+    attempt: int
+    max_attempts: int
+    upstream_left: int | None
+    cancel_requested: bool
+    result: Any
+    finished_at: datetime | None
+    after: list[int]
+    run_anyway: bool

@@ -51,6 +51,8 @@ from unbroken.ops.rows import (
     StuckJob,
     TaskStats,
     WorkerInfo,
+    WorkflowStep,
+    WorkflowSummary,
 )
 from unbroken.sql import queries
 from unbroken.states import FINAL, JobState
@@ -310,6 +312,24 @@ class OperatorStore:
     def schedule_list(self) -> list[ScheduleInfo]:
         """Every periodic task's schedule, with its next and latest tick."""
         return self._rows("schedule_list", kwargs_row(ScheduleInfo.from_row))
+
+    # --- workflows ------------------------------------------------------------------------
+    def workflow_list(self, limit: int = 50, before_id: int | None = None) -> list[WorkflowSummary]:
+        """The newest workflows (older than `before_id` when given), with their jobs counted."""
+        params = {"limit": limit, "before_id": before_id}
+        return self._rows("workflow_list", class_row(WorkflowSummary), params)
+
+    def workflow_get(self, workflow_id: int) -> tuple[str, list[WorkflowStep]] | None:
+        """A workflow's name and its steps in order, or None when there is no such workflow."""
+        names: list[str] = self._rows("workflow_get", scalar_row, {"id": workflow_id})
+        if not names:
+            return None
+        steps = self._rows("workflow_steps", class_row(WorkflowStep), {"id": workflow_id})
+        return names[0], steps
+
+    def workflow_cancel(self, workflow_id: int) -> list[JobStateChange]:
+        """Cancel a workflow's waiting jobs, ask its running ones to stop."""
+        return self._rows("workflow_cancel", class_row(JobStateChange), {"id": workflow_id})
 
     def connection_list(self) -> list[ConnectionGroup]:
         return self._rows("connection_list", class_row(ConnectionGroup))

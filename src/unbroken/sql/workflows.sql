@@ -72,8 +72,8 @@ ORDER BY w.id DESC
 LIMIT %(limit)s
 
 -- name: workflow_get
--- One workflow's row.
-SELECT id, name, created_at FROM unbroken.workflows WHERE id = %(id)s
+-- One workflow's name (no row: no such workflow).
+SELECT name FROM unbroken.workflows WHERE id = %(id)s
 
 -- name: workflow_steps
 -- A workflow's jobs in step order, each with the ids of the jobs it waits for (in declared order) and its result.
