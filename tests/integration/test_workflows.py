@@ -12,14 +12,24 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import psycopg
 import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():
+    # Starlette 1.x asks for `httpx2` under its TestClient; plain httpx is what dev installs.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
 
 from apps.harness import FAST_SETTINGS, Probe, running_worker, wait_until, worker_processes
 from apps.workflow_app import RUNS_DDL, step
 from cli_support import cli
 from pg import Faults
 from unbroken import App, EnqueueError, Permanent, Step, current_job
+from unbroken.dashboard import create_app
+from unbroken.settings import load_settings
 from unbroken.sql import queries
 
 Q = queries()
@@ -340,3 +350,28 @@ def test_the_cli_lists_shows_and_cancels_a_workflow(app: App, database_url: str)
     missing = cli(database_url, "workflows", "show", "999999")
     assert missing.returncode != 0
     assert "no workflow 999999" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_dashboard_draws_a_workflow_by_level_with_states(app: App, database_url: str) -> None:
+    @app.task(name="wf.page_step")
+    def page_step() -> None: ...
+
+    wf = app.workflow("drawn")
+    first = wf.step(page_step.job())
+    parts = wf.group([page_step.job(), page_step.job()], after=first)
+    last = wf.step(page_step.job(), after=parts, run_anyway=True)
+    workflow_id = wf.enqueue()
+    with TestClient(
+        create_app(load_settings(database_url=database_url), credentials=None),
+        base_url="http://localhost",
+    ) as c:
+        page = c.get(f"/workflows/{workflow_id}")
+        missing = c.get("/workflows/999999")
+    assert page.status_code == 200
+    text = page.text
+    assert "drawn" in text and text.count('class="wf-level"') == 3
+    assert text.count('class="state s-pending"') == 3 and 'class="state s-available"' in text
+    assert f'<a href="#step-{parts[1].job_id}">' in text and "(runs anyway)" in text
+    assert text.index(f'id="step-{first.job_id}"') < text.index(f'id="step-{last.job_id}"')
+    assert "<script>" not in text and "style=" not in text
+    assert missing.status_code == 404

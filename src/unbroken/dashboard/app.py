@@ -191,6 +191,7 @@ def create_app(
         Route("/dead/{action:str}", pages.dead_action, methods=["POST"]),
         Route("/queues", pages.queues),
         Route("/schedules", pages.schedules),
+        Route("/workflows/{workflow_id:int}", pages.workflow),
         Route("/queues/{action:str}", pages.queue_action, methods=["POST"]),
         Route("/api/overview", api.overview),
         Route("/api/jobs", api.jobs),

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
+from unbroken.dashboard.workflow_graph import levels
 from unbroken.dashboard.params import (
     MAX_ID,
     filter_values,
@@ -282,6 +283,16 @@ class Pages:
     async def schedules(self, request: Request) -> Response:
         rows = await self.d.store(lambda s: s.schedule_list())
         return self.view.page(request, "schedules.html", nav="schedules", schedules=rows)
+
+    async def workflow(self, request: Request) -> Response:
+        workflow_id: int = request.path_params["workflow_id"]
+        found = await self.d.store(lambda s: s.workflow_get(workflow_id))
+        if found is None:
+            return self.view.error(request, 404, f"no workflow {workflow_id}", nav="jobs")
+        name, steps = found
+        return self.view.page(
+            request, "workflow.html", nav="jobs", id=workflow_id, workflow_name=name, levels=levels(steps)
+        )
 
     # --- queues -------------------------------------------------------------------------
     async def queues(self, request: Request) -> Response:
