@@ -19,7 +19,7 @@ CREATE TABLE unbroken.workflows (
 ALTER TABLE unbroken.jobs ADD COLUMN workflow_id bigint;
 ALTER TABLE unbroken.jobs ADD COLUMN upstream_left integer;
 ALTER TABLE unbroken.jobs ADD CONSTRAINT jobs_pending_waits_upstream CHECK (
-    state::text <> 'pending' OR upstream_left >= 1);
+    state::text <> 'pending' OR coalesce(upstream_left, 0) >= 1);
 
 CREATE INDEX jobs_workflow_idx ON unbroken.jobs (workflow_id) INCLUDE (state)
     WHERE workflow_id IS NOT NULL;

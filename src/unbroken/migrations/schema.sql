@@ -60,7 +60,7 @@ CREATE TABLE unbroken.jobs (
         END),
     -- Text, not the enum: 0009 adds 'pending' and a migration may not use it yet.
     CONSTRAINT jobs_pending_waits_upstream CHECK (
-        state::text <> 'pending' OR upstream_left >= 1)
+        state::text <> 'pending' OR coalesce(upstream_left, 0) >= 1)
 );
 
 -- The fetch walks this index in order: priority first (larger runs first), then age.
