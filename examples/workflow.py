@@ -45,7 +45,8 @@ def main() -> None:
     print(f"workflow {workflow_id}: jobs {[s.job_id for s in wf.steps]}")
     worker.run()
     job = app.get_job(last.job_id or 0)
-    assert job is not None and job["state"] == "succeeded", job
+    assert job is not None
+    assert job["state"] == "succeeded", job
     assert job["result"] == 31, job["result"]
     app.close()
 

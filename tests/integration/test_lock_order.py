@@ -33,7 +33,7 @@ def _claim(conn: psycopg.Connection[Any], worker: str) -> list[tuple[int, int, s
         Q["job_get_available"],
         {"queues": ["default"], "limit": JOBS, "worker_id": worker, "lease": 60.0},
     ).fetchall()
-    return [(r[0], r[4], r[12]) for r in rows]
+    return [(r[0], r[4], r[-1]) for r in rows]
 
 
 def _enqueue(conn: psycopg.Connection[Any]) -> None:

@@ -164,7 +164,7 @@ class TransitionMachine(RuleBasedStateMachine):
         )
         picked = self.model.fetch(worker, sorted(queues), limit, expired)
         assert {r[0] for r in got} == picked
-        self.claims.update({r[0]: r[12] for r in got})
+        self.claims.update({r[0]: r[-1] for r in got})
         assert {r[0]: r[4] for r in got} == {i: self.model.jobs[i].attempt for i in picked}
 
     @precondition(lambda self: self.model.running())
@@ -250,7 +250,8 @@ class TransitionMachine(RuleBasedStateMachine):
     def prune(self) -> None:
         cur = self.conn.execute(Q["job_prune_finished"], {"retention": 0, "limit": 1000})
         row = cur.fetchone()
-        assert row is not None and row[0] == len(self.model.prune())
+        assert row is not None
+        assert row[0] == len(self.model.prune())
 
     # --- the operator's statements --------------------------------------------------------------
     @rule(data=st.data())
@@ -359,7 +360,7 @@ def test_a_claim_the_database_forgot_fences_what_its_attempt_writes(database_url
         )
         [second] = conn.execute(Q["job_get_available"], fetch).fetchall()
         assert (first[0], first[4]) == (second[0], second[4]) == (job_id, 1)
-        assert first[12] != second[12]
+        assert first[-1] != second[-1]
 
         def finish(*claims: str) -> list[tuple[Any, ...]]:
             n = len(claims)
@@ -390,12 +391,12 @@ def test_a_claim_the_database_forgot_fences_what_its_attempt_writes(database_url
             return bool(row[4])
 
         before = conn.execute(FULL_ROWS).fetchall()
-        assert (held(first[12]), held(second[12])) == (False, True)
-        assert renew(first[12]) == []
-        assert chunk(first[12]) is None
-        assert finish(first[12]) == []
+        assert (held(first[-1]), held(second[-1])) == (False, True)
+        assert renew(first[-1]) == []
+        assert chunk(first[-1]) is None
+        assert finish(first[-1]) == []
         assert conn.execute(FULL_ROWS).fetchall() == before
-        assert renew(second[12]) == [(job_id, False)]
-        assert chunk(second[12]) is not None
+        assert renew(second[-1]) == [(job_id, False)]
+        assert chunk(second[-1]) is not None
         # Both runs' outcomes in one batch: only the second one's (2nd in the batch) counts.
-        assert finish(first[12], second[12]) == [(job_id, "succeeded", None, 2)]
+        assert finish(first[-1], second[-1]) == [(job_id, "succeeded", None, 2)]

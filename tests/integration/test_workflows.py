@@ -9,10 +9,9 @@ import json
 import random
 import signal
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 import psycopg
 import pytest
@@ -24,7 +23,8 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from apps.harness import FAST_SETTINGS, Probe, running_worker, wait_until, worker_processes
-from apps.workflow_app import RUNS_DDL, step
+from apps.workflow_app import RUNS_DDL
+from apps.workflow_app import step as wf_step
 from cli_support import cli
 from pg import Faults
 from unbroken import App, EnqueueError, Permanent, Step, current_job
@@ -36,14 +36,18 @@ Q = queries()
 
 
 def states(probe: Probe, workflow_id: int) -> dict[int, str]:
-    rows = probe.rows("SELECT id, state::text FROM unbroken.jobs WHERE workflow_id = %s", [workflow_id])
+    rows = probe.rows(
+        "SELECT id, state::text FROM unbroken.jobs WHERE workflow_id = %s", [workflow_id]
+    )
     return {r["id"]: r["state"] for r in rows}
 
 
 def wait_all_final(probe: Probe, workflow_id: int, timeout: float = 60) -> dict[int, str]:
     def done() -> dict[int, str] | None:
         found = states(probe, workflow_id)
-        return found if all(s in ("succeeded", "dead", "cancelled") for s in found.values()) else None
+        return (
+            found if all(s in ("succeeded", "dead", "cancelled") for s in found.values()) else None
+        )
 
     return wait_until(done, timeout=timeout, what=f"workflow {workflow_id} to end")
 
@@ -269,25 +273,33 @@ def test_a_workflow_under_worker_sigkills_runs_each_step_to_success_once(
     steps: list[Step] = []
     wf = app.workflow("killed")
     for n, upstream in enumerate(graph, start=1):
-        steps.append(wf.step(step.job(n), after=[steps[u - 1] for u in upstream]))
+        steps.append(wf.step(wf_step.job(n), after=[steps[u - 1] for u in upstream]))
     workflow_id = wf.enqueue()
     ids = [s.job_id for s in steps]
 
     settings = {k: v for k, v in FAST_SETTINGS.items() if k != "concurrency"}
-    with worker_processes(database_url, tmp_path, "tests.apps.workflow_app:app", **settings) as start:
+    with worker_processes(
+        database_url, tmp_path, "tests.apps.workflow_app:app", **settings
+    ) as start:
         workers = [start(f"w{i}", concurrency=2) for i in range(3)]
         kills, restarted, round_ = 0, False, 0
 
         def ended() -> bool:
-            return all(s in ("succeeded", "dead", "cancelled") for s in states(probe, workflow_id).values())
+            return all(
+                s in ("succeeded", "dead", "cancelled") for s in states(probe, workflow_id).values()
+            )
 
         while not ended():
             round_ += 1
             # Kill a worker once some step of it is running, then start a new one.
             victim = rng.randrange(len(workers))
-            runs_before = probe.value("SELECT count(*) FROM public.wf_runs")
+            runs_before: int = probe.value("SELECT count(*) FROM public.wf_runs")
+
+            def started(before: int = runs_before) -> bool:
+                return ended() or probe.value("SELECT count(*) FROM public.wf_runs") > before
+
             wait_until(
-                lambda: ended() or probe.value("SELECT count(*) FROM public.wf_runs") > runs_before,
+                started,
                 timeout=60,
                 what="a step to start",
             )
@@ -309,7 +321,9 @@ def test_a_workflow_under_worker_sigkills_runs_each_step_to_success_once(
         # Every run of the step, including runs a kill cut short, saw all of its upstream
         # steps succeeded with their results: a step released early (an upstream counted
         # twice) would have run with one still unfinished.
-        runs = probe.rows("SELECT attempt, upstream FROM public.wf_runs WHERE job_id = %s", [job_id])
+        runs = probe.rows(
+            "SELECT attempt, upstream FROM public.wf_runs WHERE job_id = %s", [job_id]
+        )
         assert runs, f"step {n} never ran"
         for run in runs:
             assert run["upstream"] == [{"state": "succeeded", "result": u} for u in upstream]
@@ -317,13 +331,17 @@ def test_a_workflow_under_worker_sigkills_runs_each_step_to_success_once(
         attempts = [r["attempt"] for r in runs]
         assert len(attempts) == len(set(attempts)), (n, attempts)
         # A step with upstream steps was released exactly once, when its count reached 0.
-        releases = probe.rows("SELECT state, upstream_left FROM public.wf_releases WHERE job_id = %s", [job_id])
+        releases = probe.rows(
+            "SELECT state, upstream_left FROM public.wf_releases WHERE job_id = %s", [job_id]
+        )
         if upstream:
             assert releases == [{"state": "available", "upstream_left": 0}], (n, releases)
         else:
             assert releases == []
     assert probe.value("SELECT count(*) FROM unbroken.job_deps WHERE NOT resolved") == 0
-    print(f"kills={kills} rounds={round_} runs={probe.value('SELECT count(*) FROM public.wf_runs')}")
+    print(
+        f"kills={kills} rounds={round_} runs={probe.value('SELECT count(*) FROM public.wf_runs')}"
+    )
 
 
 def test_the_cli_lists_shows_and_cancels_a_workflow(app: App, database_url: str) -> None:
@@ -341,15 +359,18 @@ def test_the_cli_lists_shows_and_cancels_a_workflow(app: App, database_url: str)
     ]
     shown = cli(database_url, "workflows", "show", str(workflow_id))
     assert shown.returncode == 0, shown.stderr
-    assert "nightly" in shown.stdout and f"{first.job_id} (run anyway)" in shown.stdout
+    assert "nightly" in shown.stdout
+    assert f"{first.job_id} (run anyway)" in shown.stdout
     refused = cli(database_url, "workflows", "cancel", str(workflow_id))
-    assert refused.returncode != 0 and "pass --yes" in refused.stderr
+    assert refused.returncode != 0
+    assert "pass --yes" in refused.stderr
     done = cli(database_url, "workflows", "cancel", str(workflow_id), "--yes")
     assert done.returncode == 0, done.stderr
     assert f"workflow {workflow_id}: 3 jobs cancelled, 0 running asked to stop" in done.stdout
     missing = cli(database_url, "workflows", "show", "999999")
     assert missing.returncode != 0
-    assert "no workflow 999999" in missing.stderr and "Traceback" not in missing.stderr
+    assert "no workflow 999999" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_the_dashboard_draws_a_workflow_by_level_with_states(app: App, database_url: str) -> None:
@@ -369,9 +390,13 @@ def test_the_dashboard_draws_a_workflow_by_level_with_states(app: App, database_
         missing = c.get("/workflows/999999")
     assert page.status_code == 200
     text = page.text
-    assert "drawn" in text and text.count('class="wf-level"') == 3
-    assert text.count('class="state s-pending"') == 3 and 'class="state s-available"' in text
-    assert f'<a href="#step-{parts[1].job_id}">' in text and "(runs anyway)" in text
+    assert "drawn" in text
+    assert text.count('class="wf-level"') == 3
+    assert text.count('class="state s-pending"') == 3
+    assert 'class="state s-available"' in text
+    assert f'<a href="#step-{parts[1].job_id}">' in text
+    assert "(runs anyway)" in text
     assert text.index(f'id="step-{first.job_id}"') < text.index(f'id="step-{last.job_id}"')
-    assert "<script>" not in text and "style=" not in text
+    assert "<script>" not in text
+    assert "style=" not in text
     assert missing.status_code == 404

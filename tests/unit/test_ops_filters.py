@@ -20,7 +20,9 @@ def test_states_are_job_states_in_the_order_given() -> None:
 
 
 def test_an_unknown_state_names_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown job state 'zombie' \\(one of: pending, scheduled, "):
+    with pytest.raises(
+        ConfigError, match="unknown job state 'zombie' \\(one of: pending, scheduled, "
+    ):
         JobFilter.build(state="dead,zombie")
 
 

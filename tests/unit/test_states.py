@@ -79,7 +79,7 @@ def test_the_sets_match_the_predicates_they_mirror() -> None:
     assert sets["jobs_lease_idx"] == {JobState.RUNNING}
     assert WAITING | {JobState.RUNNING} | FINAL == set(JobState)
     assert not WAITING & FINAL
-    assert LIVE == ACTIVE | {JobState.PENDING}  # a workflow's steps take no unique key
+    assert ACTIVE | {JobState.PENDING} == LIVE  # a workflow's steps take no unique key
     assert sets["jobs_pending_waits_upstream"] == {JobState.PENDING}
 
 

@@ -15,7 +15,6 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from unbroken.dashboard.workflow_graph import levels
 from unbroken.dashboard.params import (
     MAX_ID,
     filter_values,
@@ -24,6 +23,7 @@ from unbroken.dashboard.params import (
     text_param,
 )
 from unbroken.dashboard.security import CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, foreign_post
+from unbroken.dashboard.workflow_graph import levels
 from unbroken.ops.rows import DeadGroup
 from unbroken.ops.store import (
     CANCELLABLE_STATES,
@@ -291,7 +291,12 @@ class Pages:
             return self.view.error(request, 404, f"no workflow {workflow_id}", nav="jobs")
         name, steps = found
         return self.view.page(
-            request, "workflow.html", nav="jobs", id=workflow_id, workflow_name=name, levels=levels(steps)
+            request,
+            "workflow.html",
+            nav="jobs",
+            id=workflow_id,
+            workflow_name=name,
+            levels=levels(steps),
         )
 
     # --- queues -------------------------------------------------------------------------
