@@ -8,7 +8,7 @@
 
 A step is a job (`task.job(...)`) and the steps it follows. A step with upstream steps is
 written `pending` and becomes available in the same transaction as the last of its
-upstream jobs succeeds (the trigger jobs_workflow_settle, migrations/0009_workflows.sql);
+upstream jobs succeeds (the trigger jobs_workflow_settle, migrations/0007_workflows.sql);
 it reads their return values with `current_job().upstream_results()`, in the order they
 were declared. An upstream job that ends dead or cancelled cancels the step, and the steps
 after it, unless the step was declared `run_anyway=True`: then it runs (once all its

@@ -1,4 +1,4 @@
--- Workflows: jobs that wait for other jobs (migrations/0009_workflows.sql). Releasing and
+-- Workflows: jobs that wait for other jobs (migrations/0007_workflows.sql). Releasing and
 -- cancelling dependents is the trigger jobs_workflow_settle's work, in the statement that
 -- ends an upstream job; these statements write a workflow, read it and cancel it.
 
