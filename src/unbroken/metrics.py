@@ -137,6 +137,13 @@ SPECS: tuple[Spec, ...] = (
         ("queue",),
         "job.promoted",
     ),
+    Spec(
+        "counter",
+        "unbroken_jobs_pruned",
+        "Finished jobs past the retention deleted by the leader, by state.",
+        ("state",),
+        "jobs.pruned",
+    ),
     Spec("counter", "unbroken_jobs_fetched", "Jobs claimed by fetches.", (), "jobs.fetched"),
     Spec(
         "gauge",
@@ -339,6 +346,8 @@ class Metrics:
             m["unbroken_jobs_rescued"].labels(str(f.get("state", ""))).inc()
         elif name == "job.promoted":
             m["unbroken_jobs_promoted"].labels(str(f.get("queue", ""))).inc(f.get("count", 1))
+        elif name == "jobs.pruned":
+            m["unbroken_jobs_pruned"].labels(str(f.get("state", ""))).inc(f.get("count", 0))
         elif name == "jobs.fetched":
             m["unbroken_jobs_fetched"].inc(f.get("count", 0))
         elif name == "leader.changed":

@@ -294,7 +294,21 @@ class Settings(BaseSettings):
         7 * 24 * 3600.0,
         ge=60,
         le=MAX_SECONDS,
-        description="Finished jobs older than this are pruned by the leader, in small batches.",
+        description="Finished jobs older than this are deleted by the leader (docs/retention.md).",
+    )
+    prune_interval: float = Field(
+        10.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Seconds between the leader's prunes once caught up; behind, it prunes at "
+        "every maintenance tick until caught up.",
+    )
+    prune_batch: int = Field(
+        5000,
+        ge=1,
+        le=50_000,
+        description="Finished jobs deleted per statement: short transactions that skip "
+        "locked rows, repeated until a batch comes back short.",
     )
     max_payload_bytes: int = Field(
         1_000_000,

@@ -17,6 +17,7 @@ A handler that raises is logged and never breaks the runtime.
 | write.fenced      | job_id, attempt, kind: a stale write changed nothing (lease moved on)     |
 | job.rescued       | job_id, worker_id, state (retryable or dead)                              |
 | job.promoted      | queue, count                                                              |
+| jobs.pruned       | state, count (finished jobs past the retention the leader deleted)        |
 | jobs.fetched      | queue_count, count, free_slots                                            |
 | leader.changed    | role, holder, is_leader                                                   |
 | chunk.committed   | job_id, task, rows, failed, duration_s                                    |

@@ -76,6 +76,10 @@ def _renew(conn: psycopg.Connection[Any], worker: str, held: list[tuple[int, int
         Q["lease_renew_many"],
         {
             "worker_id": worker,
+            "host": "test",
+            "pid": 1,
+            "queues": ["default"],
+            "concurrency": 1,
             "lease": 60.0,
             "ids": [h[0] for h in held],
             "attempts": [h[1] for h in held],

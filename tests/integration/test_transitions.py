@@ -48,6 +48,8 @@ from unbroken.sql import queries
 Q = queries()
 HOUR = 3600.0
 MINUS_A_MINUTE = -60.0  # a lease that has already run out
+# Who a heartbeat says the worker is (it registers a worker the leader forgot).
+IDENTITY = {"host": "test", "pid": 1, "queues": ["default"], "concurrency": 1}
 
 ROWS = b"""
 SELECT id, queue, priority, state::text, attempt, max_attempts, unique_key, worker_id,
@@ -226,6 +228,7 @@ class TransitionMachine(RuleBasedStateMachine):
                 "progress": None,
                 "lease": MINUS_A_MINUTE if expired else HOUR,
                 "worker_id": worker,
+                **IDENTITY,
             },
         )
         renewed = self.model.renew(worker, held, expired)
@@ -381,7 +384,7 @@ def test_a_claim_the_database_forgot_fences_what_its_attempt_writes(database_url
 
         def renew(claim: str) -> list[tuple[Any, ...]]:
             params = {"ids": [job_id], "attempts": [1], "claims": [claim], "lease": 60.0,
-                      "progress": None, "worker_id": "w1"}  # fmt: skip
+                      "progress": None, "worker_id": "w1", **IDENTITY}  # fmt: skip
             return conn.execute(Q["lease_renew_many"], params).fetchall()
 
         def held(claim: str) -> bool:

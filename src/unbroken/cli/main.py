@@ -89,6 +89,7 @@ def _register() -> None:
         "jobs",
         "dlq",
         "queues",
+        "prune",
         "schedules",
         "workflows",
         "inspect",

@@ -61,6 +61,14 @@ CREATE TABLE unbroken.jobs (
     -- Text, not the enum: 0007 adds 'pending' and a migration may not use it yet.
     CONSTRAINT jobs_pending_waits_upstream CHECK (
         state::text <> 'pending' OR coalesce(upstream_left, 0) >= 1)
+) WITH (
+    -- The table churns its whole live set: vacuum (and analyze) it early and fast (0008,
+    -- docs/retention.md).
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.01,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_limit = 2000
 );
 
 -- The fetch walks this index in order: priority first (larger runs first), then age.
@@ -257,4 +265,4 @@ CREATE TABLE unbroken.migrations (
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows');
+INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows'), (8, 'jobs_autovacuum');

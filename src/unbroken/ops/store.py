@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import Connection, Cursor, sql
-from psycopg.rows import RowFactory, class_row, kwargs_row, scalar_row
+from psycopg.rows import RowFactory, class_row, kwargs_row, scalar_row, tuple_row
 from psycopg.types.json import set_json_loads
 
 from unbroken.db._sync.pool import RolePool
@@ -54,6 +54,7 @@ from unbroken.ops.rows import (
     WorkflowStep,
     WorkflowSummary,
 )
+from unbroken.runtime.pruner import PruneRun
 from unbroken.sql import queries
 from unbroken.states import FINAL, JobState
 
@@ -284,6 +285,34 @@ class OperatorStore:
 
     def _delete_dead(self, ids: Sequence[int]) -> list[int]:
         return self.job_delete(ids, (JobState.DEAD,))
+
+    # --- retention ----------------------------------------------------------------------
+    def prune_count(self, older_than_s: float, states: Sequence[JobState]) -> dict[str, int]:
+        """Finished jobs of `states` past `older_than_s`, per state: what a prune deletes."""
+        params = {"older_than": older_than_s, "states": list(states)}
+        return dict(self._rows("job_prune_count", tuple_row, params))
+
+    def prune(
+        self,
+        older_than_s: float,
+        states: Sequence[JobState],
+        batch: int,
+        progress: Progress | None = None,
+    ) -> PruneRun:
+        """Delete them batch after batch (each its own short transaction, skipping locked
+        rows, as the leader's pruner does) until a batch comes back short."""
+        params = {"older_than": older_than_s, "states": list(states), "limit": batch}
+        run = PruneRun()
+        while not run.caught_up:
+            rows: list[tuple[str, int]] = self._rows("job_prune_finished", tuple_row, params)
+            run.batches += 1
+            for state, jobs in rows:
+                run.deleted[state] = run.deleted.get(state, 0) + jobs
+            done = sum(jobs for _, jobs in rows)
+            run.caught_up = done < batch
+            if progress is not None:
+                progress(done)
+        return run
 
     # --- statistics ---------------------------------------------------------------------
     def task_stats(self, window_s: float = 3600.0) -> list[TaskStats]:

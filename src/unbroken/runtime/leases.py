@@ -3,10 +3,12 @@
 Every `heartbeat_interval` it extends the leases of running jobs and of finished jobs
 whose outcome is still in the completer's buffer (their rows are still 'running', and
 letting those leases lapse would have them rescued and run twice). The same statement
-records the worker's heartbeat and returns any cancel requests, so cancellation costs no
-extra query. A lease the statement did not renew belongs to someone else now: the job is
-told to stop (fencing makes its writes harmless anyway). Progress that tasks reported since
-the last beat rides in the same statement, under the same fence (context.py).
+records the worker's heartbeat (registering it again if the leader forgot it while it
+could not beat) and returns any cancel requests, so cancellation costs no extra query. A
+lease the statement did not renew belongs to someone else now: the job is told to stop
+(fencing makes its writes harmless anyway). Progress that tasks
+reported since the last beat rides in the same statement, under the same fence
+(context.py).
 """
 
 from __future__ import annotations
@@ -63,14 +65,16 @@ class LeaseKeeper:
                 continue
             await asyncio.sleep(self._interval)
 
-    async def register(self) -> None:
-        params = {
-            "id": self._worker_id,
+    def _identity(self) -> dict[str, Any]:
+        return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "queues": self._queues,
             "concurrency": self._concurrency,
         }
+
+    async def register(self) -> None:
+        params = {"id": self._worker_id, **self._identity()}
         async with self._pool.connection() as conn:
             await conn.execute(self._register, params)
         self.registered = True
@@ -92,6 +96,7 @@ class LeaseKeeper:
             else None,
             "lease": self._lease,
             "worker_id": self._worker_id,
+            **self._identity(),  # the beat registers us again if the leader forgot us
         }
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=RENEWED_LEASE)

@@ -1,13 +1,16 @@
-"""Maintenance run by the leader: rescue, promote, prune. Each is one bounded statement.
+"""Maintenance run by the leader: rescue, promote, prune. Each is bounded statements.
 
 - Rescuer: running jobs whose lease expired go back to retryable (dead when their
   attempts are spent), counted on the job, within `rescue_interval` of the expiry;
   not in the first lease after the server (re)started, when no live worker could renew.
 - Scheduler: scheduled and retryable jobs whose run_at has come become available, and a
   NOTIFY wakes the workers of their queues.
-- Pruner: finished jobs older than the retention are deleted, 1,000 at a time (never
-  those of a workflow that still has a live job), then workflows left without jobs, and
-  workers silent for long are forgotten.
+- Pruner (runtime/pruner.py): finished jobs older than the retention are deleted in
+  batches until caught up, within a time budget per tick; behind, it runs at every tick.
+  Never those of a workflow that still has a live job; then workflows left without jobs.
+- Workers whose heartbeat stopped a lease ago are forgotten with every rescue, so a killed
+  worker's registration goes within a lease and a rescue interval (a live one forgotten
+  while it could not beat registers again with its next heartbeat).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from unbroken import logs, telemetry
 from unbroken.db._async.pool import AsyncRolePool
+from unbroken.runtime.pruner import Pruner
 from unbroken.runtime.rows import PROMOTED_QUEUE, RESCUED_JOB
 from unbroken.sql import Queries
 
@@ -39,9 +43,9 @@ class Maintenance:
         self._settings = settings
         self._clock = clock
         self._next: dict[str, float] = {}
+        self.pruner = Pruner(pool, queries, settings, clock)
         self.rescued = 0
         self.promoted = 0
-        self.pruned = 0
 
     def _due(self, name: str, every: float) -> bool:
         now = self._clock()
@@ -54,10 +58,11 @@ class Maintenance:
         s = self._settings
         if self._due("rescue", s.rescue_interval):
             await self.rescue()
+            await self.forget_silent_workers()
         if self._due("promote", s.promote_interval):
             await self.promote()
-        if self._due("prune", 60.0):
-            await self.prune()
+        if self._due("prune", s.prune_interval) and not (await self.pruner.run()).caught_up:
+            self._next["prune"] = 0.0  # behind: again at the next tick
 
     async def rescue(self) -> int:
         async with self._pool.connection() as conn:
@@ -87,17 +92,8 @@ class Maintenance:
         self.promoted += count
         return count
 
-    async def prune(self) -> int:
+    async def forget_silent_workers(self) -> int:
+        silence = max(self._settings.lease_seconds, 2 * self._settings.heartbeat_every())
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                self._q["job_prune_finished"],
-                {"retention": self._settings.retention_seconds, "limit": BATCH},
-            )
-            row = await cur.fetchone()
-            pruned = int(row[0]) if row else 0
-            await conn.execute(self._q["workflow_prune_empty"], {"limit": BATCH})
-            await conn.execute(
-                self._q["worker_prune_silent"], {"silence": self._settings.lease_seconds * 10}
-            )
-        self.pruned += max(0, pruned)
-        return pruned
+            cur = await conn.execute(self._q["worker_prune_silent"], {"silence": silence})
+        return max(0, cur.rowcount)

@@ -132,6 +132,16 @@ class PromotedQueue(NamedTuple):
 PROMOTED_QUEUE = row_factory(PromotedQueue._make, PromotedQueue._fields)
 
 
+class PrunedState(NamedTuple):
+    """How many jobs of one final state a job_prune_finished (or job_prune_count) covers."""
+
+    state: str
+    jobs: int
+
+
+PRUNED_STATE = row_factory(PrunedState._make, PrunedState._fields)
+
+
 class LeaderTerm(NamedTuple):
     """The term leader_attempt_elect gave us (no row: someone else leads)."""
 

@@ -12,7 +12,11 @@ SET heartbeat_at = now(), queues = excluded.queues, concurrency = excluded.concu
 DELETE FROM unbroken.workers WHERE id = %(id)s
 
 -- name: worker_prune_silent
--- Forget workers whose heartbeat stopped long ago (their jobs are rescued through leases).
+-- Forget workers whose heartbeat stopped `silence` seconds ago (their jobs are rescued through leases).
+-- The leader runs it with every rescue, `silence` a lease: a killed worker's registration
+-- goes within a lease and a rescue interval, before health counts it silent. A live worker
+-- forgotten while it could not beat (a long outage, SIGSTOP) comes back at its next
+-- heartbeat, which inserts the row again (lease_renew_many).
 DELETE FROM unbroken.workers WHERE heartbeat_at < now() - make_interval(secs => %(silence)s)
 
 -- name: leader_attempt_elect

@@ -184,9 +184,12 @@ FROM updated
 -- (NULL: nothing new), merged into jobs.progress under the same fence as the lease, so a
 -- stale claim's report changes nothing. A chunked run (its progress has `position`) owns
 -- its counters: there only the message merges, and jobs_progress_within_total still holds.
+-- The heartbeat registers the worker again if the leader forgot it while it could not beat.
 WITH beat AS (
-    UPDATE unbroken.workers SET heartbeat_at = now(), running = cardinality(%(ids)s::bigint[])
-    WHERE id = %(worker_id)s
+    INSERT INTO unbroken.workers (id, host, pid, queues, concurrency, running)
+    VALUES (%(worker_id)s, %(host)s, %(pid)s, %(queues)s, %(concurrency)s,
+            cardinality(%(ids)s::bigint[]))
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), running = excluded.running
 ),
 locked AS MATERIALIZED (
     SELECT id FROM unbroken.jobs WHERE id = ANY(%(ids)s::bigint[])
@@ -274,25 +277,49 @@ SELECT EXISTS (
 )
 
 -- name: job_prune_finished
--- Delete a small batch of finished jobs older than the retention, but none of a workflow that still has a live job (its steps read their upstream results), with their dependency rows.
-WITH pruned AS (
-    DELETE FROM unbroken.jobs
-    WHERE id IN (
-        SELECT j.id FROM unbroken.jobs AS j
-        WHERE j.finished_at < now() - make_interval(secs => %(retention)s)
-          AND (j.workflow_id IS NULL OR NOT EXISTS (
-              SELECT 1 FROM unbroken.jobs AS live
-              WHERE live.workflow_id = j.workflow_id
-                AND live.state IN ('pending', 'scheduled', 'available', 'running', 'retryable')))
-        LIMIT %(limit)s
-    )
-    RETURNING id, workflow_id
+-- Delete one batch of finished jobs (of `states`) that finished over `older_than` seconds ago, oldest first; returns the count deleted per state.
+-- A job's chunks, checkpoint, progress and errors are columns of its row and go with it
+-- (only job_deps rows name a job, deleted with it). The batch walks jobs_finished_idx oldest first and skips rows
+-- another transaction holds (an operator's retry of dead jobs, a second pruner), so pruning
+-- never waits on a lock, and workers never wait on it: they lock only unfinished rows. A
+-- row that changed since the snapshot is checked again under its lock (a retried job is no
+-- longer finished and is left alone). The caller repeats it until a batch comes back short.
+-- A workflow's finished jobs stay while any job of it is live (its steps read their upstream
+-- results); its dependency rows go with the jobs.
+WITH doomed AS MATERIALIZED (
+    SELECT j.id FROM unbroken.jobs AS j
+    WHERE j.finished_at < now() - make_interval(secs => %(older_than)s)
+      AND j.state IN ('succeeded', 'dead', 'cancelled')
+      AND j.state = ANY(%(states)s::unbroken.job_state[])
+      AND (j.workflow_id IS NULL OR NOT EXISTS (
+          SELECT 1 FROM unbroken.jobs AS live
+          WHERE live.workflow_id = j.workflow_id
+            AND live.state IN ('pending', 'scheduled', 'available', 'running', 'retryable')))
+    ORDER BY j.finished_at
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM unbroken.jobs AS j USING doomed WHERE j.id = doomed.id
+    RETURNING j.id, j.state, j.workflow_id
 ),
 deps AS (
     DELETE FROM unbroken.job_deps
-    WHERE job_id IN (SELECT id FROM pruned WHERE workflow_id IS NOT NULL)
+    WHERE job_id IN (SELECT id FROM deleted WHERE workflow_id IS NOT NULL)
 )
-SELECT count(*) FROM pruned
+SELECT state::text AS state, count(*)::bigint AS jobs FROM deleted GROUP BY state
+
+-- name: job_prune_count
+-- How many finished jobs (of `states`) finished over `older_than` seconds ago, per state: what a prune would delete now.
+SELECT j.state::text AS state, count(*)::bigint AS jobs FROM unbroken.jobs AS j
+WHERE j.finished_at < now() - make_interval(secs => %(older_than)s)
+  AND j.state IN ('succeeded', 'dead', 'cancelled')
+  AND j.state = ANY(%(states)s::unbroken.job_state[])
+  AND (j.workflow_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM unbroken.jobs AS live
+      WHERE live.workflow_id = j.workflow_id
+        AND live.state IN ('pending', 'scheduled', 'available', 'running', 'retryable')))
+GROUP BY j.state
 
 -- name: job_cancel_many
 -- Cancel waiting jobs at once and ask running ones to stop (they see it at their next heartbeat).
