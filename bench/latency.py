@@ -43,7 +43,7 @@ def run_section(
     try:
         for rep in range(repeat):
             progress(f"latency: {samples} jobs one at a time, idle worker (run {rep + 1})")
-            runs.append(_run_once(bapp, url, samples, concurrency))
+            runs.append(run_once(bapp, url, samples, concurrency))
     finally:
         bapp.app.close()
     best = min(runs, key=lambda r: r["call_to_start_ms"]["p99"])
@@ -78,9 +78,16 @@ def run_section(
     }
 
 
-def _run_once(bapp: Any, url: str, samples: int, concurrency: int) -> dict[str, Any]:
+RESET = b"TRUNCATE unbroken.jobs, unbroken.workers, unbroken.leaders"
+
+
+def run_once(
+    bapp: Any, url: str, samples: int, concurrency: int, reset: bytes = RESET
+) -> dict[str, Any]:
+    """One latency run; `reset` empties what an earlier run left (bench/retention.py keeps
+    its seeded finished jobs)."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE unbroken.jobs, unbroken.workers, unbroken.leaders")
+        conn.execute(reset)
         # Settle the server like the other parts do: a checkpoint still spreading the
         # earlier parts' writes makes every WAL flush (two per job here) slower.
         conn.execute("CHECKPOINT")

@@ -117,7 +117,12 @@ def spawn(
         popen = subprocess.Popen(
             [python or sys.executable, *argv],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            # This tree's unbroken (src/), not whichever one the venv has installed.
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")]),
+                **(env or {}),
+            },
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture_stdout else handle,
             stderr=handle,
