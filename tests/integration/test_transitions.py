@@ -251,10 +251,9 @@ class TransitionMachine(RuleBasedStateMachine):
 
     @rule()
     def prune(self) -> None:
-        cur = self.conn.execute(Q["job_prune_finished"], {"retention": 0, "limit": 1000})
-        row = cur.fetchone()
-        assert row is not None
-        assert row[0] == len(self.model.prune())
+        params = {"older_than": 0, "states": ["succeeded", "dead", "cancelled"], "limit": 1000}
+        got = self.run("job_prune_finished", params)
+        assert sum(jobs for _, jobs in got) == len(self.model.prune())
 
     # --- the operator's statements --------------------------------------------------------------
     @rule(data=st.data())
