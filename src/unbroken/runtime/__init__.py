@@ -10,7 +10,8 @@
   and picks up cancel requests.
 - `notifier`: the LISTEN connection that wakes the producer, with liveness checks.
 - `elector`: leader election through the database (a term row and the listener's session).
-- `maintenance`: what the leader runs: rescue expired leases, promote due jobs, prune.
+- `maintenance`: what the leader runs: rescue expired leases, promote due jobs, forget dead
+  workers, prune (`pruner`: batches until caught up).
 - `rows`: the typed rows these modules fetch.
 
 Everything here is internal; the public name is `unbroken.Worker`.

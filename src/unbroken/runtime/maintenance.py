@@ -1,4 +1,4 @@
-"""Maintenance run by the leader: rescue, promote, prune. Each is bounded statements.
+"""Maintenance run by the leader: rescue, promote, prune, each in bounded statements.
 
 - Rescuer: running jobs whose lease expired go back to retryable (dead when their
   attempts are spent), counted on the job, within `rescue_interval` of the expiry;
