@@ -4,9 +4,10 @@
     python -m bench.retention --only finished --finished 5000000
 
 - finished: throughput (a burst worker draining `--jobs` jobs) and enqueue-to-start latency
-  (bench/latency.py's run, one job at a time) on an empty table, then the same with
-  `--finished` finished jobs kept (finished one to six days ago, inside the default 7-day
-  retention, loaded with one INSERT ... SELECT generate_series), side by side with ratios.
+  (bench/latency.py's run, one job at a time) on an empty table and on one keeping
+  `--finished` finished jobs (finished one to six days ago, inside the default 7-day
+  retention, loaded with one INSERT ... SELECT generate_series), in back-to-back pairs,
+  side by side with ratios.
 - prune: a backlog of `--backlog` finished jobs past the retention; a worker runs `--jobs`
   jobs while its leader prunes the backlog. Rows deleted per second by the leader's loop,
   the worker's jobs/s during it against the same run without a backlog, and the rate of
@@ -95,24 +96,35 @@ def throughput(bapp: BenchApp, url: str, jobs: int, concurrency: int) -> float:
 def part_finished(
     server: pg.BenchServer, finished: int, jobs: int, concurrency: int, samples: int, repeat: int
 ) -> dict[str, Any]:
-    url = server.fresh_database(DB)
-    bapp = build(database_url=url, application_name="bench-enqueue")
-    bapp.app.migrate()
+    """Two databases, one empty and one with `finished` finished jobs; each pair of runs
+    measures both back to back (alternating which goes first), so a busy moment of the
+    machine weighs on both sides of a ratio alike."""
+    sides = {"empty": 0, f"{finished:,} finished": finished}
+    apps: dict[str, tuple[BenchApp, str]] = {}
     figures: dict[str, dict[str, list[float]]] = {}
     try:
-        for label, rows in (("empty", 0), (f"{finished:,} finished", finished)):
+        for i, (label, rows) in enumerate(sides.items()):
+            url = server.fresh_database(f"{DB}_{i}")
+            bapp = build(database_url=url, application_name="bench-enqueue")
+            bapp.app.migrate()
+            apps[label] = (bapp, url)
             if rows:
                 progress(f"finished: loading {rows:,} finished jobs")
                 progress(f"finished: loaded in {seed(url, rows, DAY):.0f} s")
-            got = figures[label] = {"jobs_per_s": [], "p50_ms": [], "p99_ms": []}
-            for rep in range(repeat):
-                progress(f"finished: {label}, run {rep + 1}")
+            figures[label] = {"jobs_per_s": [], "p50_ms": [], "p99_ms": []}
+        for rep in range(repeat):
+            order = list(sides) if rep % 2 == 0 else list(reversed(sides))
+            for label in order:
+                progress(f"finished: pair {rep + 1}, {label}")
+                bapp, url = apps[label]
+                got = figures[label]
                 got["jobs_per_s"].append(throughput(bapp, url, jobs, concurrency))
                 lat = latency.run_once(bapp, url, samples, 1, reset=RESET)["call_to_start_ms"]
                 got["p50_ms"].append(lat["p50"])
                 got["p99_ms"].append(lat["p99"])
     finally:
-        bapp.app.close()
+        for bapp, _ in apps.values():
+            bapp.app.close()
     (empty, full) = figures.values()
     rows_out = []
     for key, label in (
@@ -121,12 +133,14 @@ def part_finished(
         ("p99_ms", "enqueue -> start p99, ms"),
     ):
         a, b = median(empty[key]), median(full[key])
-        rows_out.append([label, fmt(a, 2), fmt(b, 2), f"{b / a:.3f}"])
+        ratios = sorted(y / x for x, y in zip(empty[key], full[key], strict=True))
+        spread = f"{ratios[0]:.2f} to {ratios[-1]:.2f}"
+        rows_out.append([label, fmt(a, 2), fmt(b, 2), f"{b / a:.3f}", spread])
     names = list(figures)
     say(
         table(
-            f"{names[1]} jobs kept vs an empty table (median of {repeat} runs each)",
-            ["figure", names[0], names[1], "ratio"],
+            f"{names[1]} jobs kept vs an empty table (medians of {repeat} back-to-back pairs)",
+            ["figure", names[0], names[1], "ratio", "pairs' ratios"],
             rows_out,
         )
     )
@@ -259,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--finished", type=int, default=5_000_000)
     p.add_argument("--jobs", type=int, default=50_000)
     p.add_argument("--samples", type=int, default=300, help="latency jobs per run")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5, help="pairs of runs (finished)")
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--backlog", type=int, default=1_000_000)
     p.add_argument("--churn", type=int, default=1_000_000)
