@@ -95,7 +95,7 @@ def jobs_ls(
         flt = replace(flt, task=store.resolve_task(flt.task))
         rows = store.job_list(flt, limit=limit, before_id=before)
         filtered = flt != JobFilter()
-        matching = store.job_count(flt) if filtered or as_json else 0
+        matching = store.job_count_upto(flt) if filtered or as_json else 0
         totals = store.state_totals() if not filtered and not as_json else {}
     if as_json:
         emit_json({"filter": flt.describe(), "matching": matching, "jobs": rows})

@@ -126,7 +126,7 @@ class Pages:
         def read(s: OperatorStore) -> dict[str, Any]:
             return {
                 "jobs": s.job_list(flt, limit=50, before_id=before),
-                "matching": s.job_count(flt),
+                "matching": s.job_count_upto(flt),
                 "counts": s.state_totals(),
                 "queues": [q.name for q in s.queue_list()],
             }

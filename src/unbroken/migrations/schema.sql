@@ -89,6 +89,14 @@ CREATE UNIQUE INDEX jobs_unique_key_idx ON unbroken.jobs (unique_key)
 -- Pruning and history read finished jobs by age.
 CREATE INDEX jobs_finished_idx ON unbroken.jobs (finished_at) INCLUDE (queue, state)
     WHERE finished_at IS NOT NULL;
+-- Operators list finished jobs newest first by state, queue or task: a job enters these
+-- once, when it finishes (0009).
+CREATE INDEX jobs_finished_state_idx ON unbroken.jobs (state, id)
+    WHERE state IN ('succeeded', 'dead', 'cancelled');
+CREATE INDEX jobs_finished_queue_idx ON unbroken.jobs (queue, state, id)
+    WHERE state IN ('succeeded', 'dead', 'cancelled');
+CREATE INDEX jobs_finished_task_idx ON unbroken.jobs (task, state, id)
+    WHERE state IN ('succeeded', 'dead', 'cancelled');
 
 -- Wake idle workers when jobs become available (one notification per queue per statement).
 -- Like every function in the schema, it runs with its own search_path (0005).
@@ -265,4 +273,4 @@ CREATE TABLE unbroken.migrations (
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows'), (8, 'jobs_autovacuum');
+INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows'), (8, 'jobs_autovacuum'), (9, 'finished_list_indexes');

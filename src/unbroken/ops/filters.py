@@ -186,7 +186,8 @@ class JobFilter:
         args_json = None if self.args is None else args_object(self.args)
         args_text = self.args if args_json is None else None
         return {
-            "states": None if self.states is None else [str(s) for s in self.states],
+            # An array literal, typed by the query (job_state[]): the planner then sees it.
+            "states": None if self.states is None else "{" + ",".join(self.states) + "}",
             "queue": self.queue,
             "task": self.task,
             "older_than": self.older_than,

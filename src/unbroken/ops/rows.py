@@ -16,6 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from unbroken.ops.counts import Count
 from unbroken.states import FINAL, JobState
 
 
@@ -218,6 +219,7 @@ class StateCount(_HasState):
     queue: str
     state: JobState
     jobs: int
+    exact: bool = True  # False: estimated from a sample of the table
 
 
 @dataclass(frozen=True)
@@ -235,18 +237,19 @@ class QueueInfo:
     scheduled: int
     retryable: int
     running: int
-    dead: int
+    dead: int  # a Count: "~" when estimated from a sample (unbroken.ops.counts)
     oldest_wait_s: float | None
     priorities: list[PriorityBacklog] = field(default_factory=list)
 
     @classmethod
-    def from_row(cls, *, priorities: Any, **columns: Any) -> QueueInfo:
+    def from_row(cls, *, priorities: Any, dead: int, dead_exact: bool, **columns: Any) -> QueueInfo:
         """From queue_list's columns; `priorities` is a JSON list of backlog objects."""
         backlog = [
             PriorityBacklog(int(p["priority"]), int(p["available"]), _num(p["oldest_wait_s"]))
             for p in (priorities if isinstance(priorities, list) else [])
         ]
-        return cls(**columns, priorities=backlog)
+        counted = Count(dead, "exact" if dead_exact else "about")
+        return cls(**columns, dead=counted, priorities=backlog)
 
 
 # --- dead letters ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from psycopg.types.json import set_json_loads
 from unbroken.db._sync.pool import RolePool
 from unbroken.db.conninfo import safe_search_path
 from unbroken.errors import ConfigError
+from unbroken.ops.counts import Count
 from unbroken.ops.filters import JobFilter
 from unbroken.ops.format import lenient_loads
 from unbroken.ops.rows import (
@@ -70,8 +71,11 @@ CANCELLABLE_STATES = (  # job_cancel_many: the LIVE states
     JobState.RUNNING,
 )
 BATCH = 500  # ids per bulk write: one short statement each, progress visible between them
-# Conditions in admin.sql that other queries name as `{fragment}`.
-FRAGMENTS = ("job_filter", "dead_letter_filter")
+COUNT_CAP = 10_000  # a list counts what its filter matches this far, then says "10,000+"
+SAMPLE_PAGES = 1000  # finished jobs are counted in full up to this many pages, then sampled
+DEAD_SAMPLE = 10_000  # dead letters are grouped over this many of the newest dead jobs
+# Parts of admin.sql that other queries name as `{fragment}` (a fragment may name another).
+FRAGMENTS = ("job_filter", "dead_letter_filter", "job_list_ids", "job_finished_sample")
 
 Progress = Callable[[int], None]  # called with how many jobs a batch just covered
 
@@ -98,9 +102,17 @@ EVERY_DEAD = DeadLetterFilter()
 def statement(schema: str, name: str) -> bytes | sql.Composed:
     """The named query, with any shared condition it names composed in (psycopg.sql)."""
     named = queries(schema)
+
+    def composed(text: bytes) -> sql.Composed:
+        used = {f: composed(named[f]) for f in FRAGMENTS if b"{" + f.encode() + b"}" in text}
+        return (
+            sql.SQL(text.decode()).format(**used)
+            if used
+            else sql.Composed([sql.SQL(text.decode())])
+        )
+
     text = named[name]
-    used = {f: sql.SQL(named[f].decode()) for f in FRAGMENTS if b"{" + f.encode() + b"}" in text}
-    return sql.SQL(text.decode()).format(**used) if used else text
+    return composed(text) if any(b"{" + f.encode() + b"}" in text for f in FRAGMENTS) else text
 
 
 class OperatorStore:
@@ -133,8 +145,11 @@ class OperatorStore:
         return cur
 
     def _rows(self, name: str, row: RowFactory[R], params: dict[str, Any] | None = None) -> list[R]:
+        # Never prepared: a prepared statement may get one generic plan for every filter,
+        # and `(%(x)s IS NULL OR ...)` only folds away (leaving the index that fits) when
+        # the planner sees the values. Operator reads are rare; planning each costs little.
         with self._conn() as conn, self._cursor(conn, row) as cur:
-            cur.execute(statement(self._schema, name), params or {})
+            cur.execute(statement(self._schema, name), params or {}, prepare=False)
             return cur.fetchall()
 
     def _one(self, name: str, row: RowFactory[R], params: dict[str, Any] | None = None) -> R:
@@ -161,8 +176,16 @@ class OperatorStore:
         return self._rows("job_list", class_row(JobSummary), params)
 
     def job_count(self, flt: JobFilter) -> int:
+        """Every job the filter matches, exactly (what a bulk action asks confirmation for)."""
         count: int = self._one("job_count_matching", scalar_row, flt.params())
         return count
+
+    def job_count_upto(self, flt: JobFilter, cap: int | None = None) -> Count:
+        """What a list says its filter matches: exact up to `cap`, else at least `cap`."""
+        cap = COUNT_CAP if cap is None else cap
+        params = {**flt.params(), "limit": cap + 1, "before_id": None}
+        counted: int = self._one("job_count_upto", scalar_row, params)
+        return Count.upto(counted, cap)
 
     def task_names(self, name: str) -> list[str]:
         """Tasks with jobs that `name` may mean: itself, or those ending in `.name` (sorted)."""
@@ -237,17 +260,24 @@ class OperatorStore:
 
     # --- queues -------------------------------------------------------------------------
     def state_counts(self) -> list[StateCount]:
-        return self._rows("job_count_by_state", class_row(StateCount))
+        """Jobs per queue and state: exact while waiting or running, finished ones estimated
+        from a sample of SAMPLE_PAGES pages once the table is larger (`exact` says which)."""
+        return self._rows("job_count_by_state", class_row(StateCount), {"pages": SAMPLE_PAGES})
 
-    def state_totals(self) -> dict[JobState, int]:
-        """Jobs per state over every queue; a state without jobs is left out."""
-        totals: dict[JobState, int] = {}
+    def state_totals(self) -> dict[JobState, Count]:
+        """Jobs per state over every queue (a Count: "~" when estimated); a state without
+        jobs is left out."""
+        totals: dict[JobState, Count] = {}
         for count in self.state_counts():
-            totals[count.state] = totals.get(count.state, 0) + count.jobs
+            before = totals.get(count.state, Count(0))
+            exact = count.exact and before.kind == "exact"
+            totals[count.state] = Count(before + count.jobs, "exact" if exact else "about")
         return totals
 
     def queue_list(self) -> list[QueueInfo]:
-        return self._rows("queue_list", kwargs_row(QueueInfo.from_row))
+        """Every queue; its dead jobs are estimated as in state_counts."""
+        params = {"pages": SAMPLE_PAGES}
+        return self._rows("queue_list", kwargs_row(QueueInfo.from_row), params)
 
     def queue_in_use(self, name: str) -> bool:
         """Whether a job, a worker or an earlier pause or resume ever named this queue."""
@@ -264,7 +294,8 @@ class OperatorStore:
     def dead_letter_groups(
         self, *, queue: str | None = None, task: str | None = None, limit: int = 200
     ) -> list[DeadGroup]:
-        params = {"queue": queue, "task": task, "limit": limit}
+        """The dead letters grouped by error, over the newest DEAD_SAMPLE dead jobs."""
+        params = {"queue": queue, "task": task, "limit": limit, "sample": DEAD_SAMPLE}
         return self._rows("dead_letter_groups", class_row(DeadGroup), params)
 
     def dead_letter_count(self, flt: DeadLetterFilter = EVERY_DEAD) -> int:
@@ -395,6 +426,8 @@ class OperatorStore:
 
 __all__ = [
     "CANCELLABLE_STATES",
+    "COUNT_CAP",
+    "DEAD_SAMPLE",
     "EVERY_DEAD",
     "RETRYABLE_STATES",
     "DeadLetterFilter",

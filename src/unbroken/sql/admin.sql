@@ -10,14 +10,72 @@
 -- store (unbroken.ops.store) composes them in with psycopg.sql once, at first use.
 
 -- name: job_filter
--- The condition an operator's filter puts on jobs (JobFilter.params); composed into job_list, job_count_matching and job_ids_matching.
-(%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]::unbroken.job_state[]))
+-- The condition an operator's filter puts on jobs (JobFilter.params); composed into job_list_ids, job_count_matching and job_ids_matching. `states` arrives as an array literal of unknown type, so the planner sees its value (a cast from text[] would hide it) and a partial index whose predicate it implies can serve it.
+(%(states)s::unbroken.job_state[] IS NULL OR state = ANY(%(states)s::unbroken.job_state[]))
 AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
 AND (%(task)s::text IS NULL OR task = %(task)s::text)
 AND (%(older_than)s::float8 IS NULL
      OR created_at < now() - make_interval(secs => %(older_than)s::float8))
 AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
 AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
+
+-- name: job_list_ids
+-- The ids of one page of jobs matching an operator's filter, newest first: one branch per state, each the newest `limit` below the cursor `before_id`. A branch whose state the filter leaves out is a constant false the planner drops; a finished state's branch walks its partial index (0009) backward, a waiting or running one reads its state's small partial index (`id + 0`: never the primary key backward, which would read every newer finished job when the state's jobs are few and old). So a page costs a few short scans whatever the table holds; composed into job_list and job_count_upto.
+(SELECT id FROM unbroken.jobs
+ WHERE state = 'succeeded'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'succeeded' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id DESC LIMIT %(limit)s)
+UNION ALL
+(SELECT id FROM unbroken.jobs
+ WHERE state = 'dead'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'dead' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id DESC LIMIT %(limit)s)
+UNION ALL
+(SELECT id FROM unbroken.jobs
+ WHERE state = 'cancelled'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'cancelled' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id DESC LIMIT %(limit)s)
+UNION ALL
+(SELECT id FROM unbroken.jobs
+ WHERE state = 'available'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'available' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id + 0 DESC LIMIT %(limit)s)
+UNION ALL
+(SELECT id FROM unbroken.jobs
+ WHERE state = 'scheduled'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'scheduled' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id + 0 DESC LIMIT %(limit)s)
+UNION ALL
+(SELECT id FROM unbroken.jobs
+ WHERE state = 'retryable'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'retryable' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id + 0 DESC LIMIT %(limit)s)
+UNION ALL
+(SELECT id FROM unbroken.jobs
+ WHERE state = 'running'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'running' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id + 0 DESC LIMIT %(limit)s)
 
 -- name: job_list
 -- Jobs matching an operator's filter, newest first, one page at a time (before_id is the cursor).
@@ -27,10 +85,13 @@ SELECT id, queue, task, state::text AS state, priority, attempt, max_attempts, a
        errors -> -1 ->> 'type' AS last_error_type,
        errors -> -1 ->> 'message' AS last_error
 FROM unbroken.jobs
-WHERE ({job_filter})
-  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+WHERE id IN (SELECT id FROM ({job_list_ids}) AS page ORDER BY id DESC LIMIT %(limit)s)
 ORDER BY id DESC
-LIMIT %(limit)s
+
+-- name: job_count_upto
+-- How many jobs an operator's filter matches, counted no further than `limit` (a list says "10,000+" beyond): the count reads what a page of that size would.
+SELECT count(*) AS jobs
+FROM (SELECT id FROM ({job_list_ids}) AS page LIMIT %(limit)s) AS counted
 
 -- name: job_count_matching
 -- How many jobs an operator's filter matches (what a bulk action asks confirmation for).
@@ -49,8 +110,26 @@ LIMIT %(limit)s
 
 -- name: task_names_matching
 -- The tasks a name typed by an operator may mean: the task of that exact name, or every task whose name ends in '.' and it (`send_welcome` for `myapp.mail.send_welcome`), as `unbroken enqueue` resolves a name in the app's registry; the store has no app, so it asks the jobs. `right()` rather than LIKE: task names hold `_`, a LIKE wildcard.
-SELECT DISTINCT task
-FROM unbroken.jobs
+-- The finished jobs' tasks are read by skipping through jobs_finished_task_idx (one probe per
+-- task, not per job); waiting and running jobs' through their states' partial indexes.
+WITH RECURSIVE finished AS (
+    (SELECT task FROM unbroken.jobs
+     WHERE state IN ('succeeded', 'dead', 'cancelled') ORDER BY task LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.task FROM unbroken.jobs AS j
+            WHERE j.state IN ('succeeded', 'dead', 'cancelled') AND j.task > f.task
+            ORDER BY j.task LIMIT 1)
+    FROM finished AS f
+    WHERE f.task IS NOT NULL
+),
+tasks AS (
+    SELECT task FROM finished WHERE task IS NOT NULL
+    UNION SELECT task FROM unbroken.jobs WHERE state = 'available'
+    UNION SELECT task FROM unbroken.jobs WHERE state IN ('scheduled', 'retryable')
+    UNION SELECT task FROM unbroken.jobs WHERE state = 'running'
+)
+SELECT task
+FROM tasks
 WHERE task = %(name)s::text
    OR right(task, length(%(name)s::text) + 1) = '.' || %(name)s::text
 ORDER BY task
@@ -64,38 +143,62 @@ WHERE id = ANY(%(ids)s::bigint[])
   AND state IN ('succeeded', 'dead', 'cancelled')
 RETURNING id
 
+-- name: job_finished_sample
+-- Finished jobs per queue and state, estimated from a sample of at most `pages` of the table's pages (TABLESAMPLE SYSTEM, the same pages each time while the table keeps its size), with whether the sample was the whole table (then the counts are exact). Counting millions of finished rows at every scrape and page load costs the database seconds; a sample costs the same at any size. Composed into job_count_by_state and queue_list.
+SELECT queue, state, round(count(*) * 100.0 / sampled.percent)::bigint AS jobs,
+       sampled.percent >= 100 AS exact
+FROM (SELECT least(100.0, 100.0 * %(pages)s::int
+                          / greatest(pg_relation_size('unbroken.jobs')
+                                     / current_setting('block_size')::int, 1)) AS percent)
+     AS sampled
+CROSS JOIN LATERAL (
+    SELECT queue, state::text AS state
+    FROM unbroken.jobs TABLESAMPLE SYSTEM (sampled.percent) REPEATABLE (0)
+    WHERE state IN ('succeeded', 'dead', 'cancelled')) AS finished
+GROUP BY queue, state, sampled.percent
+
 -- name: job_count_by_state
--- Jobs per queue and state (read at metrics scrape time). One branch per partial index, each
--- predicate the index's own, so every branch reads its index and never the whole table.
-SELECT queue, state, sum(jobs)::bigint AS jobs FROM (
-    SELECT queue, 'available' AS state, count(*) AS jobs
+-- Jobs per queue and state (read at metrics scrape time): exact for waiting and running jobs, each branch with its partial index's own predicate so it reads that index and never the table; finished jobs estimated from a sample (job_finished_sample) unless the table is small enough to count whole.
+SELECT queue, state, sum(jobs)::bigint AS jobs, bool_and(exact) AS exact FROM (
+    SELECT queue, 'available' AS state, count(*) AS jobs, true AS exact
     FROM unbroken.jobs WHERE state = 'available' GROUP BY queue
     UNION ALL
-    SELECT queue, state::text, count(*)
+    SELECT queue, state::text, count(*), true
     FROM unbroken.jobs WHERE state IN ('scheduled', 'retryable') GROUP BY queue, state
     UNION ALL
-    SELECT queue, 'running', count(*)
+    SELECT queue, 'running', count(*), true
     FROM unbroken.jobs WHERE state = 'running' GROUP BY queue
     UNION ALL
-    SELECT queue, state::text, count(*)
-    FROM unbroken.jobs WHERE finished_at IS NOT NULL GROUP BY queue, state
+    SELECT queue, state, jobs, exact FROM ({job_finished_sample}) AS finished
 ) AS by_index
 GROUP BY queue, state
 ORDER BY queue, state
 
 -- name: queue_list
--- Every queue with its jobs by state, the age of its oldest waiting job, whether it is paused, and its waiting jobs per priority (highest first: higher priority runs first).
+-- Every queue with its jobs by state (dead ones estimated as in job_count_by_state), the age of its oldest waiting job, whether it is paused, and its waiting jobs per priority (highest first: higher priority runs first).
 WITH counts AS (
     SELECT queue,
-           count(*) FILTER (WHERE state = 'available') AS available,
-           count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
-           count(*) FILTER (WHERE state = 'retryable') AS retryable,
-           count(*) FILTER (WHERE state = 'running') AS running,
-           count(*) FILTER (WHERE state = 'dead') AS dead,
-           extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'available'))::float8
+           sum(jobs) FILTER (WHERE state = 'available') AS available,
+           sum(jobs) FILTER (WHERE state = 'scheduled') AS scheduled,
+           sum(jobs) FILTER (WHERE state = 'retryable') AS retryable,
+           sum(jobs) FILTER (WHERE state = 'running') AS running,
+           sum(jobs) FILTER (WHERE state = 'dead') AS dead,
+           bool_and(exact) FILTER (WHERE state = 'dead') AS dead_exact,
+           extract(epoch FROM now() - min(oldest) FILTER (WHERE state = 'available'))::float8
                AS oldest_wait_s
-    FROM unbroken.jobs
-    WHERE state IN ('available', 'scheduled', 'retryable', 'running', 'dead')
+    FROM (
+        SELECT queue, 'available' AS state, count(*) AS jobs, true AS exact,
+               min(run_at) AS oldest
+        FROM unbroken.jobs WHERE state = 'available' GROUP BY queue
+        UNION ALL
+        SELECT queue, state::text, count(*), true, NULL
+        FROM unbroken.jobs WHERE state IN ('scheduled', 'retryable') GROUP BY queue, state
+        UNION ALL
+        SELECT queue, 'running', count(*), true, NULL
+        FROM unbroken.jobs WHERE state = 'running' GROUP BY queue
+        UNION ALL
+        SELECT queue, state, jobs, exact, NULL FROM ({job_finished_sample}) AS finished
+    ) AS by_index
     GROUP BY queue
 ),
 by_priority AS (
@@ -115,11 +218,12 @@ backlogs AS (
 )
 SELECT coalesce(c.queue, q.name) AS name,
        coalesce(q.paused, false) AS paused,
-       coalesce(c.available, 0) AS available,
-       coalesce(c.scheduled, 0) AS scheduled,
-       coalesce(c.retryable, 0) AS retryable,
-       coalesce(c.running, 0) AS running,
-       coalesce(c.dead, 0) AS dead,
+       coalesce(c.available, 0)::bigint AS available,
+       coalesce(c.scheduled, 0)::bigint AS scheduled,
+       coalesce(c.retryable, 0)::bigint AS retryable,
+       coalesce(c.running, 0)::bigint AS running,
+       coalesce(c.dead, 0)::bigint AS dead,
+       coalesce(c.dead_exact, true) AS dead_exact,
        CASE WHEN c.oldest_wait_s IS NOT NULL THEN greatest(c.oldest_wait_s, 0) END
            AS oldest_wait_s,
        coalesce(b.priorities, '[]'::jsonb) AS priorities
@@ -135,7 +239,7 @@ SELECT EXISTS (SELECT FROM unbroken.jobs WHERE queue = %(name)s::text)
     OR EXISTS (SELECT FROM unbroken.queues WHERE name = %(name)s::text) AS in_use
 
 -- name: dead_letter_groups
--- Dead jobs grouped by queue, task, error type and message, largest group first; `key` names a group for retry and purge.
+-- The newest `sample` dead jobs (jobs_finished_state_idx, backward) grouped by queue, task, error type and message, largest group first; `key` names a group for retry and purge.
 WITH dead AS (
     SELECT id, queue, task, finished_at,
            coalesce(errors -> -1 ->> 'type', '(no error recorded)') AS error_type,
@@ -144,6 +248,8 @@ WITH dead AS (
     WHERE state = 'dead'
       AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
       AND (%(task)s::text IS NULL OR task = %(task)s::text)
+    ORDER BY id DESC
+    LIMIT %(sample)s
 )
 SELECT left(md5(queue || chr(31) || task || chr(31) || error_type || chr(31) || message), 12) AS key,
        queue, task, error_type, message,

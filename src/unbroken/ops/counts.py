@@ -1,0 +1,44 @@
+"""Counts an operator reads, and how far to trust each: exact, at least, or about.
+
+Over millions of finished jobs an exact count costs the database seconds at every page load
+and scrape, so the operator store counts what it cannot afford to count in full either up
+to a cap (a filtered list: "10,000+") or from a sample of the table (finished jobs per state
+and queue: "~412,000"). A `Count` is an int, so sums, comparisons and `--json` see the
+number; formatted (`f"{count:,}"`, the dashboard's `num`), it says which kind it is.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Kind = Literal["exact", "at_least", "about"]
+
+
+class Count(int):
+    """A number of jobs that knows whether it is exact, a lower bound or an estimate."""
+
+    kind: Kind
+
+    def __new__(cls, value: int, kind: Kind = "exact") -> Count:
+        count = super().__new__(cls, value)
+        count.kind = kind
+        return count
+
+    @classmethod
+    def upto(cls, counted: int, cap: int) -> Count:
+        """What a count stopped after `cap + 1` rows says: exact up to cap, else "cap+"."""
+        return cls(cap, "at_least") if counted > cap else cls(counted)
+
+    def __format__(self, spec: str) -> str:
+        text = format(int(self), spec)
+        if self.kind == "at_least":
+            return f"{text}+"
+        if self.kind == "about":
+            return f"~{text}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"Count({int(self)}, {self.kind!r})"
+
+
+__all__ = ["Count", "Kind"]

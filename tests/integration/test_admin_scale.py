@@ -1,0 +1,160 @@
+"""Operator reads over many finished jobs cost a page, not the table (EXPLAIN ANALYZE says so).
+
+A few hundred thousand finished jobs (bulk-loaded, then ANALYZEd so the plans are those of a
+big table), a working set of waiting and running ones; then every read the CLI, the
+dashboard and /metrics make runs once through the operator store while its statements are
+recorded, and each is run again under EXPLAIN (ANALYZE, FORMAT JSON). No plan may scan the
+jobs table whole, and no statement may read more jobs than a small multiple of what it
+returns (the caps are lowered so that "bounded by the cap" and "the whole table" differ).
+The timed figures at 5,000,000 jobs are bench/scale.py's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psycopg
+import pytest
+from psycopg import Cursor, sql
+
+from unbroken import migrations
+from unbroken.ops import store as store_module
+from unbroken.ops.filters import JobFilter
+from unbroken.ops.store import OperatorStore
+
+FINISHED = 200_000
+PAGE = 50
+ROWS_READ_MAX = 30_000  # per statement: 3,000 waiting and running jobs, lowered caps; 6x under
+LOAD = Path(__file__).parents[2] / "bench" / "scale_load.sql"
+
+Recorded = list[tuple[Any, dict[str, Any]]]
+
+
+class RecordingCursor(Cursor[Any]):
+    """Keeps every statement run through it, with its parameters, in `recorded`."""
+
+    recorded: ClassVar[Recorded] = []
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        RecordingCursor.recorded.append((query, dict(params or {})))
+        return super().execute(query, params, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def loaded(pg_server: Any) -> Iterator[str]:
+    url = pg_server.create_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrations.migrate(conn)
+        text = "\n".join(
+            line for line in LOAD.read_text().splitlines() if not line.startswith("--")
+        )
+        for statement in filter(str.strip, text.split(";\n")):
+            conn.execute(statement.encode(), {"rows": FINISHED})
+        conn.execute("VACUUM (ANALYZE) unbroken.jobs")
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(url)
+
+
+@pytest.fixture
+def lowered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "COUNT_CAP", 1_000)
+    monkeypatch.setattr(store_module, "SAMPLE_PAGES", 50)
+    monkeypatch.setattr(store_module, "DEAD_SAMPLE", 1_000)
+
+
+def rows_read(plan: dict[str, Any]) -> int:
+    """Rows the scan nodes on jobs read (returned or filtered out), over every loop."""
+    total = 0
+    if plan.get("Relation Name") == "jobs":
+        assert plan["Node Type"] != "Seq Scan", "a sequential scan of jobs"
+        read = (
+            plan.get("Actual Rows", 0)
+            + plan.get("Rows Removed by Filter", 0)
+            + plan.get("Rows Removed by Index Recheck", 0)
+        )
+        total += int(read * plan.get("Actual Loops", 1))
+    for child in plan.get("Plans", []):
+        total += rows_read(child)
+    return total
+
+
+def explained(url: str, query: Any, params: dict[str, Any]) -> dict[str, Any]:
+    prefix = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) ")
+    body = sql.SQL(query.decode()) if isinstance(query, bytes) else query
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(prefix + body, params, prepare=False).fetchone()
+    assert row is not None
+    plan: dict[str, Any] = row[0][0]["Plan"]
+    return plan
+
+
+READS: dict[str, Callable[[OperatorStore], object]] = {
+    "jobs ls": lambda s: (s.job_list(JobFilter(), limit=PAGE), s.state_totals()),
+    **{
+        f"jobs ls --state {state}": lambda s, state=state: (
+            s.job_list(JobFilter.build(state=state), limit=PAGE),
+            s.job_count_upto(JobFilter.build(state=state)),
+        )
+        for state in ("succeeded", "dead", "cancelled", "available", "running", "dead,cancelled")
+    },
+    "jobs ls --queue": lambda s: (
+        s.job_list(JobFilter(queue="queue_3"), limit=PAGE),
+        s.job_count_upto(JobFilter(queue="queue_3")),
+    ),
+    "jobs ls --task": lambda s: (
+        s.resolve_task("task_5"),
+        s.job_list(JobFilter(task="bench.tasks.task_5"), limit=PAGE),
+        s.job_count_upto(JobFilter(task="bench.tasks.task_5")),
+    ),
+    "jobs ls --state dead --queue": lambda s: s.job_list(
+        JobFilter.build(state="dead", queue="queue_3"), limit=PAGE
+    ),
+    "jobs ls --before": lambda s: s.job_list(JobFilter(), limit=PAGE, before_id=FINISHED // 2),
+    "jobs ls --state dead --before": lambda s: s.job_list(
+        JobFilter.build(state="dead"), limit=PAGE, before_id=FINISHED // 2
+    ),
+    "jobs show": lambda s: s.job_get(FINISHED // 2),
+    "queues": lambda s: s.queue_list(),
+    "dlq ls / dead letters page": lambda s: s.dead_letter_groups(),
+    "metrics": lambda s: (s.state_counts(), s.queue_list(), s.worker_list()),
+    "overview": lambda s: (
+        s.stats_series(3600, 60),
+        s.worker_list(),
+        s.connection_list(),
+        s.stuck_jobs(),
+        s.health_inputs(),
+    ),
+    "long jobs": lambda s: s.long_jobs(),
+}
+
+
+@pytest.mark.usefixtures("lowered")
+@pytest.mark.parametrize("name", list(READS))
+def test_an_operator_read_costs_a_page_not_the_table(loaded: str, name: str) -> None:
+    RecordingCursor.recorded = []
+    with psycopg.connect(loaded, autocommit=True, cursor_factory=RecordingCursor) as conn:
+        READS[name](OperatorStore(conn))
+    recorded = [(q, p) for q, p in RecordingCursor.recorded if q != b"SELECT now()"]
+    assert recorded, "no statement ran"
+    for query, params in recorded:
+        read = rows_read(explained(loaded, query, params))
+        shown = query if isinstance(query, bytes) else query.as_string(None)
+        assert read <= ROWS_READ_MAX, f"{name}: read {read:,} jobs in\n{shown[:300]!s}"
+
+
+def test_finished_counts_are_estimated_near_the_truth_and_labelled(loaded: str) -> None:
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        totals = OperatorStore(conn).state_totals()
+        exact = dict(
+            conn.execute("SELECT state::text, count(*) FROM unbroken.jobs GROUP BY 1").fetchall()
+        )
+    assert totals["dead"].kind == "about"
+    assert f"{totals['dead']:,}".startswith("~")
+    assert abs(totals["dead"] - exact["dead"]) <= 0.15 * exact["dead"]
+    assert abs(totals["succeeded"] - exact["succeeded"]) <= 0.10 * exact["succeeded"]
+    assert totals["available"] == exact["available"]
+    assert totals["available"].kind == "exact"
