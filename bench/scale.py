@@ -84,7 +84,8 @@ def load(url: str, rows: int) -> None:
             return
         conn.execute("SET synchronous_commit = off")
         text = "\n".join(
-            line for line in (HERE / "scale_load.sql").read_text().splitlines()
+            line
+            for line in (HERE / "scale_load.sql").read_text().splitlines()
             if not line.startswith("--")
         )
         for statement in filter(str.strip, text.split(";\n")):

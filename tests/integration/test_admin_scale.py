@@ -26,7 +26,11 @@ from unbroken.ops.store import OperatorStore
 
 FINISHED = 200_000
 PAGE = 50
-ROWS_READ_MAX = 30_000  # per statement: 3,000 waiting and running jobs, lowered caps; 6x under
+# Per statement: the jobs read other than through the partial indexes of waiting and running
+# jobs (those hold the 3,000 of the working set, whatever the finished jobs number): 2.5
+# times the caps, lowered to 1,000, and 80 times under the table.
+ROWS_READ_MAX = 2_500
+ACTIVE_INDEXES = {"jobs_fetch_idx", "jobs_due_idx", "jobs_lease_idx"}
 LOAD = Path(__file__).parents[2] / "bench" / "scale_load.sql"
 
 Recorded = list[tuple[Any, dict[str, Any]]]
@@ -46,6 +50,10 @@ class RecordingCursor(Cursor[Any]):
 def loaded(pg_server: Any) -> Iterator[str]:
     url = pg_server.create_database()
     with psycopg.connect(url, autocommit=True) as conn:
+        # Flushed commits (the test server commits asynchronously): until its commit is on
+        # disk, VACUUM cannot mark a row's page all-visible, so the plans would be those of
+        # a table no index-only scan can serve.
+        conn.execute("SET synchronous_commit = on")
         migrations.migrate(conn)
         text = "\n".join(
             line for line in LOAD.read_text().splitlines() if not line.startswith("--")
@@ -64,12 +72,22 @@ def lowered(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "COUNT_CAP", 1_000)
     monkeypatch.setattr(store_module, "SAMPLE_PAGES", 50)
     monkeypatch.setattr(store_module, "DEAD_SAMPLE", 1_000)
+    monkeypatch.setattr(store_module, "SEARCH_LIMIT", 1_000)
+
+
+def through_active_index(plan: dict[str, Any]) -> bool:
+    """Whether a scan reads jobs through the partial indexes of waiting and running jobs."""
+    if plan.get("Index Name") in ACTIVE_INDEXES:
+        return True
+    bitmaps = [c for c in plan.get("Plans", []) if "Bitmap" in c["Node Type"]]
+    return bool(bitmaps) and all(through_active_index(c) for c in bitmaps)
 
 
 def rows_read(plan: dict[str, Any]) -> int:
-    """Rows the scan nodes on jobs read (returned or filtered out), over every loop."""
+    """Finished jobs (at most) the scan nodes on jobs read, returned or filtered out, over
+    every loop: what they read through the waiting and running jobs' indexes is left out."""
     total = 0
-    if plan.get("Relation Name") == "jobs":
+    if plan.get("Relation Name") == "jobs" and not through_active_index(plan):
         assert plan["Node Type"] != "Seq Scan", "a sequential scan of jobs"
         read = (
             plan.get("Actual Rows", 0)
@@ -95,20 +113,23 @@ def explained(url: str, query: Any, params: dict[str, Any]) -> dict[str, Any]:
 READS: dict[str, Callable[[OperatorStore], object]] = {
     "jobs ls": lambda s: (s.job_list(JobFilter(), limit=PAGE), s.state_totals()),
     **{
-        f"jobs ls --state {state}": lambda s, state=state: (
-            s.job_list(JobFilter.build(state=state), limit=PAGE),
-            s.job_count_upto(JobFilter.build(state=state)),
+        f"jobs ls --state {state}": lambda s, state=state: s.job_page(
+            JobFilter.build(state=state), limit=PAGE
         )
         for state in ("succeeded", "dead", "cancelled", "available", "running", "dead,cancelled")
     },
-    "jobs ls --queue": lambda s: (
-        s.job_list(JobFilter(queue="queue_3"), limit=PAGE),
-        s.job_count_upto(JobFilter(queue="queue_3")),
-    ),
+    "jobs ls --queue": lambda s: s.job_page(JobFilter(queue="queue_3"), limit=PAGE),
     "jobs ls --task": lambda s: (
         s.resolve_task("task_5"),
-        s.job_list(JobFilter(task="bench.tasks.task_5"), limit=PAGE),
-        s.job_count_upto(JobFilter(task="bench.tasks.task_5")),
+        s.job_page(JobFilter(task="bench.tasks.task_5"), limit=PAGE),
+    ),
+    **{
+        f"jobs ls --args {args}": lambda s, args=args: s.job_page(JobFilter.build(args=args))
+        for args in ('{"user": 4242}', "order number 4242")
+    },
+    "jobs ls --older-than": lambda s: s.job_page(JobFilter.build(older_than="7d")),
+    "jobs ls --older-than --before": lambda s: s.job_page(
+        JobFilter.build(older_than="7d"), before_id=FINISHED // 2
     ),
     "jobs ls --state dead --queue": lambda s: s.job_list(
         JobFilter.build(state="dead", queue="queue_3"), limit=PAGE
@@ -119,7 +140,12 @@ READS: dict[str, Callable[[OperatorStore], object]] = {
     ),
     "jobs show": lambda s: s.job_get(FINISHED // 2),
     "queues": lambda s: s.queue_list(),
-    "dlq ls / dead letters page": lambda s: s.dead_letter_groups(),
+    "dead letters page": lambda s: s.dead_letter_groups(),
+    "dlq ls": lambda s: (s.dead_letter_groups(), s.job_count_upto(JobFilter.build(state="dead"))),
+    "dlq ls --queue": lambda s: (
+        s.dead_letter_groups(queue="queue_3"),
+        s.job_count_upto(JobFilter.build(state="dead", queue="queue_3")),
+    ),
     "metrics": lambda s: (s.state_counts(), s.queue_list(), s.worker_list()),
     "overview": lambda s: (
         s.stats_series(3600, 60),
@@ -141,7 +167,8 @@ def test_an_operator_read_costs_a_page_not_the_table(loaded: str, name: str) -> 
     recorded = [(q, p) for q, p in RecordingCursor.recorded if q != b"SELECT now()"]
     assert recorded, "no statement ran"
     for query, params in recorded:
-        read = rows_read(explained(loaded, query, params))
+        plan = explained(loaded, query, params)
+        read = rows_read(plan)
         shown = query if isinstance(query, bytes) else query.as_string(None)
         assert read <= ROWS_READ_MAX, f"{name}: read {read:,} jobs in\n{shown[:300]!s}"
 

@@ -132,3 +132,43 @@ def test_filtered_list_counts_what_matches(database_url: str, seeded: Seeded) ->
     table = cli(database_url, "jobs", "ls", "--task", "emails.send", "--limit", "2")
     # The first line counts the filter's jobs, not the whole table's by state.
     assert table.stdout.splitlines()[0] == f"showing 2 of {matching} matching task=emails.send"
+
+
+def test_a_search_by_arguments_reads_the_newest_10000_and_says_where_to_go_on(
+    database_url: str, seeded: Seeded
+) -> None:
+    # No index answers a filter by arguments or age: a list reads at most the newest 10,000
+    # jobs its other filters match, and says where the search stopped.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO unbroken.jobs (task, args, state, finished_at)"
+            " VALUES ('bulk.task', '{\"needle\": true}', 'succeeded', now()) RETURNING id"
+        ).fetchone()
+        assert row is not None
+        needle = row[0]
+        conn.execute(
+            "INSERT INTO unbroken.jobs (task, args, state, finished_at)"
+            " SELECT 'bulk.task', jsonb_build_object('n', i), 'succeeded', now()"
+            " FROM generate_series(1, 10050) AS i"
+        )
+    first = cli_json(database_url, "jobs", "ls", "--args", '{"needle": true}')
+    assert first["jobs"] == []
+    assert first["searched"]["jobs"] == 10_000
+    stopped_at = first["searched"]["stopped_at"]
+    assert needle < stopped_at
+    text = cli(database_url, "jobs", "ls", "--args", "needle")
+    assert text.returncode == 0
+    assert text.stdout.splitlines()[-1] == (
+        f"searched the newest 10,000 jobs; more: --before {stopped_at}"
+    )
+    assert "of 0+ matching" in text.stdout  # at least none: the rest was not searched
+    on = cli_json(
+        database_url, "jobs", "ls", "--args", '{"needle": true}', "--before", str(stopped_at)
+    )
+    assert [j["id"] for j in on["jobs"]] == [needle]
+    assert on["matching"] == 1
+    assert on["searched"]["stopped_at"] is None  # it reached the oldest job
+    assert on["searched"]["jobs"] < 10_000
+    unsearched = cli_json(database_url, "jobs", "ls", "--task", "bulk.task", "--limit", "1")
+    assert unsearched["searched"] is None  # the indexes answer it whole
+    assert unsearched["matching"] == 10_000  # counted up to 10,000 ("10,000+" in the table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
@@ -25,6 +26,7 @@ with warnings.catch_warnings():
 from ops_seed import HOSTILE, Seeded, state_of
 from unbroken.dashboard import check_bind, create_app
 from unbroken.errors import ConfigError
+from unbroken.ops import store as store_module
 from unbroken.settings import load_settings
 
 UNBROKEN = str(Path(sys.executable).parent / "unbroken")
@@ -295,3 +297,32 @@ def test_a_database_outage_is_a_503_page_not_a_traceback() -> None:
         assert client.get("/api/overview").status_code == 503
         assert client.get("/health/live").status_code == 200  # the process itself is fine
         assert client.get("/health/ready").status_code == 503
+
+
+def test_a_search_by_arguments_links_to_where_it_stopped(
+    client: TestClient, database_url: str, seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The jobs page searches at most SEARCH_LIMIT candidates (never fewer than its 50 rows)
+    # for a filter no index answers: it says how many it read and links to the next stretch.
+    monkeypatch.setattr(store_module, "SEARCH_LIMIT", 3)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO unbroken.jobs (task, state, finished_at)"
+            " SELECT 'bulk.task', 'succeeded', now() FROM generate_series(1, 120)"
+        )
+    first = client.get("/jobs", params={"args": "welcome"})  # the oldest jobs' args
+    assert first.status_code == 200
+    assert "No job matches among these." in first.text
+    assert "Searched the newest 50 jobs." in first.text
+    pages = [first]
+    while seeded_job(seeded.available[0]) not in pages[-1].text:
+        link = re.search(r'href="\?([^"]*before=\d+[^"]*)">Search older', pages[-1].text)
+        assert link, "the search ended without the job"
+        assert len(pages) < 5
+        pages.append(client.get("/jobs?" + html.unescape(link[1])))
+    assert "below id" in pages[-2].text  # a later stretch says where it started
+    assert "Search older" not in pages[-1].text  # the last stretch reached the oldest job
+
+
+def seeded_job(job_id: int) -> str:
+    return f'href="/jobs/{job_id}"'

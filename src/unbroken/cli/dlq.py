@@ -29,10 +29,11 @@ from unbroken.cli.output import (
     with_progress,
 )
 from unbroken.errors import ConfigError
-from unbroken.ops.filters import parse_duration
+from unbroken.ops.filters import JobFilter, parse_duration
 from unbroken.ops.format import format_age
 from unbroken.ops.rows import BulkResult
-from unbroken.ops.store import DeadLetterFilter, OperatorStore, Progress
+from unbroken.ops.store import DEAD_SAMPLE, DeadLetterFilter, OperatorStore, Progress
+from unbroken.states import JobState
 
 dlq_app = typer.Typer(
     help="Dead letters (jobs that will not run again), grouped by error.", no_args_is_help=True
@@ -56,9 +57,11 @@ def dlq_ls(
     with open_store() as store:
         task = store.resolve_task(task)
         groups = store.dead_letter_groups(queue=queue, task=task, limit=limit)
-        matching = store.dead_letter_count(DeadLetterFilter(queue=queue, task=task))
+        # Counted up to COUNT_CAP ("10,000+"), as the groups cover the newest DEAD_SAMPLE.
+        dead = JobFilter(states=(JobState.DEAD,), queue=queue, task=task)
+        matching = store.job_count_upto(dead)
     shown = sum(g.jobs for g in groups)
-    if as_json:  # jobs: in the groups shown; matching: every dead job the filters match
+    if as_json:  # jobs: in the groups shown; matching: the dead jobs the filters match, capped
         emit_json({"groups": groups, "jobs": shown, "matching": matching})
         return
     what = " ".join(f"{k}={v}" for k, v in (("queue", queue), ("task", task)) if v)
@@ -66,10 +69,12 @@ def dlq_ls(
     if not groups:
         console.print(f"no dead letters{what}")
         return
+    newest = f" of the newest {DEAD_SAMPLE:,}" if matching.kind == "at_least" else ""
     if shown < matching:
         largest = "the largest group" if len(groups) == 1 else f"the {len(groups)} largest groups"
         console.print(
-            f"showing {shown:,} of {matching:,} dead job(s){what} ({largest}; --limit for more)"
+            f"showing {shown:,} of {matching:,} dead job(s){what}"
+            f" ({largest}{newest}; --limit for more)"
         )
     else:
         console.print(f"{matching:,} dead job(s){what}")

@@ -93,15 +93,28 @@ def jobs_ls(
     flt = _filter(state, queue, task, older_than, args)
     with open_store() as store:
         flt = replace(flt, task=store.resolve_task(flt.task))
-        rows = store.job_list(flt, limit=limit, before_id=before)
         filtered = flt != JobFilter()
-        matching = store.job_count_upto(flt) if filtered or as_json else 0
-        totals = store.state_totals() if not filtered and not as_json else {}
-    if as_json:
-        emit_json({"filter": flt.describe(), "matching": matching, "jobs": rows})
+        if filtered or as_json:
+            rows, matching = store.job_page(flt, limit=limit, before_id=before)
+        else:
+            rows, matching = store.job_list(flt, limit=limit, before_id=before), None
+        totals = store.state_totals() if matching is None else {}
+    if as_json and matching is not None:
+        searched = None
+        if matching.examined is not None:  # a filter by age or arguments: how far it looked
+            searched = {"jobs": matching.examined, "stopped_at": matching.stopped_at}
+        emit_json(
+            {
+                "filter": flt.describe(),
+                "matching": matching.count,
+                "searched": searched,
+                "jobs": rows,
+            }
+        )
         return
-    if filtered:  # what the filter matches, not the whole table's totals
-        console.print(f"showing {len(rows):,} of {matching:,} matching {escape(flt.describe())}")
+    if matching is not None:  # what the filter matches, not the whole table's totals
+        shown = f"{len(rows):,} of {matching.count:,} matching {escape(flt.describe())}"
+        console.print(f"showing {shown}")
     else:
         console.print(
             "  ".join(f"{styled(s)} {totals[s]:,}" for s in STATE_STYLE if s in totals) or "no jobs"
@@ -126,6 +139,13 @@ def jobs_ls(
     show_table(table)
     if len(rows) == limit:
         console.print(f"[dim]more: --before {rows[-1].id}[/]")
+    elif matching is not None and matching.stopped_at is not None:
+        where = "the newest " if before is None else ""
+        below = "" if before is None else f" below id {before}"
+        console.print(
+            f"[dim]searched {where}{matching.examined:,} jobs{below}; "
+            f"more: --before {matching.stopped_at}[/]"
+        )
 
 
 @jobs_app.command("show")

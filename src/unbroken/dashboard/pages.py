@@ -124,9 +124,11 @@ class Pages:
         before = int_param(request.query_params, "before", high=MAX_ID)
 
         def read(s: OperatorStore) -> dict[str, Any]:
+            jobs, matching = s.job_page(flt, limit=50, before_id=before)
             return {
-                "jobs": s.job_list(flt, limit=50, before_id=before),
-                "matching": s.job_count_upto(flt),
+                "jobs": jobs,
+                "matching": matching.count,
+                "search": matching,
                 "counts": s.state_totals(),
                 "queues": [q.name for q in s.queue_list()],
             }
@@ -137,11 +139,14 @@ class Pages:
         links.update({s: urlencode({**params, "state": s}) for s in JobState})
         if data["jobs"]:
             links["older"] = urlencode({**params, "before": data["jobs"][-1].id})
+        if data["search"].stopped_at is not None:  # a search by age or arguments stopped
+            links["search_on"] = urlencode({**params, "before": data["search"].stopped_at})
         return self.view.page(
             request,
             "jobs.html",
             nav="jobs",
             flt=flt,
+            before=before,
             params=params,
             query=urlencode(params),
             links=links,

@@ -9,6 +9,7 @@ number; formatted (`f"{count:,}"`, the dashboard's `num`), it says which kind it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["exact", "at_least", "about"]
@@ -41,4 +42,16 @@ class Count(int):
         return f"Count({int(self)}, {self.kind!r})"
 
 
-__all__ = ["Count", "Kind"]
+@dataclass(frozen=True)
+class Matching:
+    """What a list's filter matches. A filter by age or arguments, which no index answers,
+    is searched for among the newest candidates only (unbroken.ops.store.SEARCH_LIMIT):
+    `examined` says how many it read, and `stopped_at`, when there were more, the oldest id
+    it read: the search goes on below it (`--before`)."""
+
+    count: Count
+    examined: int | None = None  # None: no search, the indexes answered the whole filter
+    stopped_at: int | None = None
+
+
+__all__ = ["Count", "Kind", "Matching"]

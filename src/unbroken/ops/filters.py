@@ -175,6 +175,12 @@ class JobFilter:
             args=checked_args(args.strip()) if args and args.strip() else None,
         )
 
+    @property
+    def searched(self) -> bool:
+        """Whether it asks what no index answers (age, arguments): a list then searches a
+        bounded number of the newest candidates (sql/admin.sql job_search_window)."""
+        return self.older_than is not None or self.args is not None
+
     def restricted_to(self, allowed: Sequence[JobState]) -> JobFilter:
         """The same filter limited to `allowed` states (what an action can apply to)."""
         # () matches nothing: none of the asked states is one the action applies to.

@@ -33,7 +33,7 @@ from psycopg.types.json import set_json_loads
 from unbroken.db._sync.pool import RolePool
 from unbroken.db.conninfo import safe_search_path
 from unbroken.errors import ConfigError
-from unbroken.ops.counts import Count
+from unbroken.ops.counts import Count, Matching
 from unbroken.ops.filters import JobFilter
 from unbroken.ops.format import lenient_loads
 from unbroken.ops.rows import (
@@ -74,8 +74,16 @@ BATCH = 500  # ids per bulk write: one short statement each, progress visible be
 COUNT_CAP = 10_000  # a list counts what its filter matches this far, then says "10,000+"
 SAMPLE_PAGES = 1000  # finished jobs are counted in full up to this many pages, then sampled
 DEAD_SAMPLE = 10_000  # dead letters are grouped over this many of the newest dead jobs
+SEARCH_LIMIT = 10_000  # a list filtering by age or arguments reads this many candidates at most
 # Parts of admin.sql that other queries name as `{fragment}` (a fragment may name another).
-FRAGMENTS = ("job_filter", "dead_letter_filter", "job_list_ids", "job_finished_sample")
+FRAGMENTS = (
+    "job_filter",
+    "job_filter_indexed",
+    "job_filter_searched",
+    "job_search_window",
+    "dead_letter_filter",
+    "job_finished_sample",
+)
 
 Progress = Callable[[int], None]  # called with how many jobs a batch just covered
 
@@ -169,11 +177,34 @@ class OperatorStore:
         return self._rows(name, scalar_row, params)
 
     # --- jobs ---------------------------------------------------------------------------
+    def job_page(
+        self, flt: JobFilter, *, limit: int = 50, before_id: int | None = None
+    ) -> tuple[list[JobSummary], Matching]:
+        """One page of the jobs the filter matches, newest first, below `before_id`, and what
+        the filter matches. A filter by age or arguments, which no index answers, is
+        searched for among the newest SEARCH_LIMIT candidates only: the Matching says how
+        far the search went and, when there were more, where it stopped."""
+        jobs, search = self._search(flt, limit, before_id)
+        return jobs, search if flt.searched else Matching(self.job_count_upto(flt))
+
     def job_list(
         self, flt: JobFilter, *, limit: int = 50, before_id: int | None = None
     ) -> list[JobSummary]:
-        params = {**flt.params(), "limit": limit, "before_id": before_id}
-        return self._rows("job_list", class_row(JobSummary), params)
+        """job_page's jobs alone."""
+        return self._search(flt, limit, before_id)[0]
+
+    def _search(
+        self, flt: JobFilter, limit: int, before_id: int | None
+    ) -> tuple[list[JobSummary], Matching]:
+        """A page and what its candidates held (sql/admin.sql job_search): a page's worth
+        of them, or SEARCH_LIMIT for a filter by age or arguments."""
+        window = max(SEARCH_LIMIT, limit) if flt.searched else limit
+        params = {**flt.params(), "limit": limit, "before_id": before_id, "window": window}
+        ids, found, examined, oldest = self._one("job_search", tuple_row, params)
+        jobs = self._rows("job_list", class_row(JobSummary), {"ids": ids}) if ids else []
+        stopped = examined >= window and oldest is not None
+        count = Count(found, "at_least" if stopped else "exact")
+        return jobs, Matching(count, examined, oldest if stopped else None)
 
     def job_count(self, flt: JobFilter) -> int:
         """Every job the filter matches, exactly (what a bulk action asks confirmation for)."""
@@ -181,9 +212,10 @@ class OperatorStore:
         return count
 
     def job_count_upto(self, flt: JobFilter, cap: int | None = None) -> Count:
-        """What a list says its filter matches: exact up to `cap`, else at least `cap`."""
+        """How many jobs the filter matches: exact up to `cap`, else at least `cap`. A filter
+        by age or arguments reads until it has counted that many: lists use job_page."""
         cap = COUNT_CAP if cap is None else cap
-        params = {**flt.params(), "limit": cap + 1, "before_id": None}
+        params = {**flt.params(), "limit": cap + 1}
         counted: int = self._one("job_count_upto", scalar_row, params)
         return Count.upto(counted, cap)
 
@@ -430,6 +462,7 @@ __all__ = [
     "DEAD_SAMPLE",
     "EVERY_DEAD",
     "RETRYABLE_STATES",
+    "SEARCH_LIMIT",
     "DeadLetterFilter",
     "OperatorStore",
     "statement",

@@ -9,89 +9,159 @@
 -- the queries that use them say `{job_filter}` where the condition goes, and the operator
 -- store (unbroken.ops.store) composes them in with psycopg.sql once, at first use.
 
--- name: job_filter
--- The condition an operator's filter puts on jobs (JobFilter.params); composed into job_list_ids, job_count_matching and job_ids_matching. `states` arrives as an array literal of unknown type, so the planner sees its value (a cast from text[] would hide it) and a partial index whose predicate it implies can serve it.
+-- name: job_filter_indexed
+-- The part of an operator's filter that the indexes serve: states, queue, task (JobFilter.params).
 (%(states)s::unbroken.job_state[] IS NULL OR state = ANY(%(states)s::unbroken.job_state[]))
 AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
 AND (%(task)s::text IS NULL OR task = %(task)s::text)
-AND (%(older_than)s::float8 IS NULL
-     OR created_at < now() - make_interval(secs => %(older_than)s::float8))
+
+-- name: job_filter_searched
+-- The part no index serves: age and arguments (the text form matches anywhere in the JSON, which no index can answer). A list applies it to a bounded window of candidates (job_search_window).
+(%(older_than)s::float8 IS NULL
+ OR created_at < now() - make_interval(secs => %(older_than)s::float8))
 AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
 AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
 
--- name: job_list_ids
--- The ids of one page of jobs matching an operator's filter, newest first: one branch per state, each the newest `limit` below the cursor `before_id`. A branch whose state the filter leaves out is a constant false the planner drops; a finished state's branch walks its partial index (0009) backward, a waiting or running one reads its state's small partial index (`id + 0`: never the primary key backward, which would read every newer finished job when the state's jobs are few and old). So a page costs a few short scans whatever the table holds; composed into job_list and job_count_upto.
+-- name: job_filter
+-- The condition an operator's filter puts on jobs (JobFilter.params): both parts; composed into job_count_upto, job_count_matching and job_ids_matching. `states` arrives as an array literal of unknown type, so the planner sees its value (a cast from text[] would hide it) and a partial index whose predicate it implies can serve it.
+({job_filter_indexed}) AND ({job_filter_searched})
+
+-- name: job_search_window
+-- The ids of the newest `window` jobs below the cursor `before_id` that the indexed part of a filter matches (job_filter_indexed): one branch per state, merged newest first. Ids only, so a finished state's branch reads its partial index alone (asked for more columns, the planner may walk the primary key backward instead, reading every newer job of another state); the searched part is applied to these candidates, fetched by id. A branch whose state the filter leaves out is a constant false the planner drops; a finished state's branch walks its partial index (0009) backward, a waiting or running one reads its state's small partial index (`id + 0`: never the primary key backward, which would read every newer finished job when the state's jobs are few and old). A list passes `window` = its page size when the filter has no searched part, else the search bound (SEARCH_LIMIT): either way it reads at most `window` finished jobs whatever the table holds. Composed into job_search.
+SELECT id FROM (
 (SELECT id FROM unbroken.jobs
  WHERE state = 'succeeded'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'succeeded' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter})
+   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id DESC LIMIT %(limit)s)
+ ORDER BY id DESC LIMIT %(window)s)
 UNION ALL
 (SELECT id FROM unbroken.jobs
  WHERE state = 'dead'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'dead' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter})
+   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id DESC LIMIT %(limit)s)
+ ORDER BY id DESC LIMIT %(window)s)
 UNION ALL
 (SELECT id FROM unbroken.jobs
  WHERE state = 'cancelled'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'cancelled' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter})
+   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id DESC LIMIT %(limit)s)
+ ORDER BY id DESC LIMIT %(window)s)
 UNION ALL
 (SELECT id FROM unbroken.jobs
  WHERE state = 'available'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'available' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter})
+   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id + 0 DESC LIMIT %(limit)s)
+ ORDER BY id + 0 DESC LIMIT %(window)s)
 UNION ALL
 (SELECT id FROM unbroken.jobs
  WHERE state = 'scheduled'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'scheduled' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter})
+   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id + 0 DESC LIMIT %(limit)s)
+ ORDER BY id + 0 DESC LIMIT %(window)s)
 UNION ALL
 (SELECT id FROM unbroken.jobs
  WHERE state = 'retryable'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'retryable' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter})
+   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id + 0 DESC LIMIT %(limit)s)
+ ORDER BY id + 0 DESC LIMIT %(window)s)
 UNION ALL
 (SELECT id FROM unbroken.jobs
  WHERE state = 'running'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'running' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter})
+   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id + 0 DESC LIMIT %(limit)s)
+ ORDER BY id + 0 DESC LIMIT %(window)s)
+) AS candidates
+ORDER BY id DESC
+LIMIT %(window)s
+
+-- name: job_search
+-- One page of a list: the ids of the first `limit` candidates (job_search_window) that the searched part of the filter matches, newest first; how many of the candidates it matches; how many candidates there were (`examined`) and the oldest of their ids (where `--before` continues a search that stopped). One pass over the candidates, each fetched once.
+SELECT coalesce((array_agg(id ORDER BY id DESC) FILTER (WHERE matched))[1:%(limit)s],
+                ARRAY[]::bigint[]) AS ids,
+       count(*) FILTER (WHERE matched) AS matching,
+       count(*) AS examined,
+       min(id) AS oldest_id
+FROM (SELECT id, ({job_filter_searched}) AS matched
+      FROM ({job_search_window}) AS candidates JOIN unbroken.jobs USING (id)) AS searched
 
 -- name: job_list
--- Jobs matching an operator's filter, newest first, one page at a time (before_id is the cursor).
+-- The jobs of a page (job_search's ids), newest first, with what a list shows of each.
 SELECT id, queue, task, state::text AS state, priority, attempt, max_attempts, args,
        run_at, created_at, attempted_at, finished_at, worker_id, lease_expires_at,
        cancel_requested, progress,
        errors -> -1 ->> 'type' AS last_error_type,
        errors -> -1 ->> 'message' AS last_error
 FROM unbroken.jobs
-WHERE id IN (SELECT id FROM ({job_list_ids}) AS page ORDER BY id DESC LIMIT %(limit)s)
+WHERE id = ANY(%(ids)s::bigint[])
 ORDER BY id DESC
 
 -- name: job_count_upto
--- How many jobs an operator's filter matches, counted no further than `limit` (a list says "10,000+" beyond): the count reads what a page of that size would.
-SELECT count(*) AS jobs
-FROM (SELECT id FROM ({job_list_ids}) AS page LIMIT %(limit)s) AS counted
+-- How many jobs an operator's filter matches, counted no further than `limit` (a list says "10,000+" beyond), for a filter without a searched part. No order: each state's branch counts through whichever index fits its filter best (by task, the task index, not the primary key backward).
+SELECT count(*) AS jobs FROM (
+(SELECT 1 FROM unbroken.jobs
+ WHERE state = 'succeeded'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'succeeded' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+ LIMIT %(limit)s)
+UNION ALL
+(SELECT 1 FROM unbroken.jobs
+ WHERE state = 'dead'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'dead' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+ LIMIT %(limit)s)
+UNION ALL
+(SELECT 1 FROM unbroken.jobs
+ WHERE state = 'cancelled'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'cancelled' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+ LIMIT %(limit)s)
+UNION ALL
+(SELECT 1 FROM unbroken.jobs
+ WHERE state = 'available'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'available' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+ LIMIT %(limit)s)
+UNION ALL
+(SELECT 1 FROM unbroken.jobs
+ WHERE state = 'scheduled'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'scheduled' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+ LIMIT %(limit)s)
+UNION ALL
+(SELECT 1 FROM unbroken.jobs
+ WHERE state = 'retryable'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'retryable' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+ LIMIT %(limit)s)
+UNION ALL
+(SELECT 1 FROM unbroken.jobs
+ WHERE state = 'running'
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'running' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+ LIMIT %(limit)s)
+LIMIT %(limit)s
+) AS counted
 
 -- name: job_count_matching
 -- How many jobs an operator's filter matches (what a bulk action asks confirmation for).
@@ -239,17 +309,22 @@ SELECT EXISTS (SELECT FROM unbroken.jobs WHERE queue = %(name)s::text)
     OR EXISTS (SELECT FROM unbroken.queues WHERE name = %(name)s::text) AS in_use
 
 -- name: dead_letter_groups
--- The newest `sample` dead jobs (jobs_finished_state_idx, backward) grouped by queue, task, error type and message, largest group first; `key` names a group for retry and purge.
-WITH dead AS (
-    SELECT id, queue, task, finished_at,
-           coalesce(errors -> -1 ->> 'type', '(no error recorded)') AS error_type,
-           left(coalesce(errors -> -1 ->> 'message', ''), 500) AS message
+-- The newest `sample` dead jobs grouped by queue, task, error type and message, largest group first; `key` names a group for retry and purge. Their ids come first, from a partial index of finished jobs read backward without the table (by state, or by queue or task when one is given): asked for whole rows at once, the planner walks the primary key backward instead and reads every newer job that is not dead.
+WITH newest AS (
+    SELECT id
     FROM unbroken.jobs
     WHERE state = 'dead'
       AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
       AND (%(task)s::text IS NULL OR task = %(task)s::text)
     ORDER BY id DESC
     LIMIT %(sample)s
+),
+dead AS (
+    SELECT id, queue, task, finished_at,
+           coalesce(errors -> -1 ->> 'type', '(no error recorded)') AS error_type,
+           left(coalesce(errors -> -1 ->> 'message', ''), 500) AS message
+    FROM unbroken.jobs
+    WHERE id IN (SELECT id FROM newest)
 )
 SELECT left(md5(queue || chr(31) || task || chr(31) || error_type || chr(31) || message), 12) AS key,
        queue, task, error_type, message,
