@@ -103,6 +103,10 @@ class Proc:
             return ""
 
 
+def _pythonpath() -> str:
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
 def spawn(
     name: str,
     argv: Sequence[str],
@@ -117,12 +121,9 @@ def spawn(
         popen = subprocess.Popen(
             [python or sys.executable, *argv],
             cwd=ROOT,
-            # This tree's unbroken (src/), not whichever one the venv has installed.
-            env={
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")]),
-                **(env or {}),
-            },
+            # The caller's PYTHONPATH after the repository: a worktree's src/ (or another
+            # revision's) stays what the children import, not the installed package.
+            env={**os.environ, "PYTHONPATH": _pythonpath(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture_stdout else handle,
             stderr=handle,

@@ -322,6 +322,10 @@ def test_a_search_by_arguments_links_to_where_it_stopped(
         pages.append(client.get("/jobs?" + html.unescape(link[1])))
     assert "below id" in pages[-2].text  # a later stretch says where it started
     assert "Search older" not in pages[-1].text  # the last stretch reached the oldest job
+    api = client.get("/api/jobs", params={"args": "welcome"}).json()
+    assert api["jobs"] == []
+    assert api["searched"]["jobs"] == 50
+    assert api["searched"]["stopped_at"] == int(re.findall(r"before=(\d+)", first.text)[-1])
 
 
 def seeded_job(job_id: int) -> str:

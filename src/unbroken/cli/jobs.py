@@ -40,7 +40,12 @@ from unbroken.errors import ConfigError, UnbrokenError
 from unbroken.ops.filters import JobFilter
 from unbroken.ops.format import format_age, shown_json, to_json
 from unbroken.ops.rows import BulkResult, JobDetail, ProgressView
-from unbroken.ops.store import CANCELLABLE_STATES, RETRYABLE_STATES, OperatorStore
+from unbroken.ops.store import (
+    CANCELLABLE_STATES,
+    RETRYABLE_STATES,
+    SEARCH_LIMIT,
+    OperatorStore,
+)
 from unbroken.states import JobState
 
 jobs_app = typer.Typer(help="List, inspect, watch, retry and cancel jobs.", no_args_is_help=True)
@@ -50,14 +55,20 @@ StateOpt = Annotated[
     typer.Option("--state", "-s", help="State(s), comma-separated: available,running,dead,..."),
 ]
 OlderOpt = Annotated[
-    str | None, typer.Option("--older-than", help="Created longer ago than this (30s, 5m, 2h, 1d).")
+    str | None,
+    typer.Option(
+        "--older-than",
+        help="Created longer ago than this (30s, 5m, 2h, 1d); `ls` searches the newest "
+        f"{SEARCH_LIMIT:,} jobs, then says where to go on.",
+    ),
 ]
 ArgsOpt = Annotated[
     str | None,
     typer.Option(
         "--args",
         help="Arguments: a JSON object matches by containment ('{\"user\": 5}'), "
-        "other text by substring.",
+        f"other text by substring; `ls` searches the newest {SEARCH_LIMIT:,} jobs, then "
+        "says where to go on.",
         callback=args_filter,
     ),
 ]
@@ -100,14 +111,11 @@ def jobs_ls(
             rows, matching = store.job_list(flt, limit=limit, before_id=before), None
         totals = store.state_totals() if matching is None else {}
     if as_json and matching is not None:
-        searched = None
-        if matching.examined is not None:  # a filter by age or arguments: how far it looked
-            searched = {"jobs": matching.examined, "stopped_at": matching.stopped_at}
         emit_json(
             {
                 "filter": flt.describe(),
                 "matching": matching.count,
-                "searched": searched,
+                "searched": matching.searched(),
                 "jobs": rows,
             }
         )

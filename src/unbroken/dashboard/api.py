@@ -44,8 +44,11 @@ class Api:
         flt = job_filter(request.query_params)
         before = int_param(request.query_params, "before", high=MAX_ID)
         limit = int_param(request.query_params, "limit", high=MAX_LIMIT) or 50
-        rows = await self.d.store(lambda s: s.job_list(flt, limit=limit, before_id=before))
-        return JSONResponse(jsonable({"filter": flt.describe(), "jobs": rows}))
+        rows, matching = await self.d.store(
+            lambda s: s.job_page(flt, limit=limit, before_id=before)
+        )
+        data = {"filter": flt.describe(), "matching": matching.count}
+        return JSONResponse(jsonable({**data, "searched": matching.searched(), "jobs": rows}))
 
     async def job(self, request: Request) -> Response:
         job_id: int = request.path_params["job_id"]

@@ -53,5 +53,12 @@ class Matching:
     examined: int | None = None  # None: no search, the indexes answered the whole filter
     stopped_at: int | None = None
 
+    def searched(self) -> dict[str, int | None] | None:
+        """How far the search went, as `--json` and the dashboard's API say it (None: no
+        search)."""
+        if self.examined is None:
+            return None
+        return {"jobs": self.examined, "stopped_at": self.stopped_at}
+
 
 __all__ = ["Count", "Kind", "Matching"]

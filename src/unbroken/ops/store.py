@@ -73,7 +73,7 @@ CANCELLABLE_STATES = (  # job_cancel_many: the LIVE states
 BATCH = 500  # ids per bulk write: one short statement each, progress visible between them
 COUNT_CAP = 10_000  # a list counts what its filter matches this far, then says "10,000+"
 SAMPLE_PAGES = 1000  # finished jobs are counted in full up to this many pages, then sampled
-DEAD_SAMPLE = 10_000  # dead letters are grouped over this many of the newest dead jobs
+DEAD_SAMPLE = 5_000  # dead letters are grouped over this many of the newest dead jobs
 SEARCH_LIMIT = 10_000  # a list filtering by age or arguments reads this many candidates at most
 # Parts of admin.sql that other queries name as `{fragment}` (a fragment may name another).
 FRAGMENTS = (
