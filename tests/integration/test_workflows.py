@@ -25,7 +25,7 @@ with warnings.catch_warnings():
 from apps.harness import FAST_SETTINGS, Probe, running_worker, wait_until, worker_processes
 from apps.workflow_app import RUNS_DDL
 from apps.workflow_app import step as wf_step
-from cli_support import cli
+from cli_support import cli, cli_json
 from pg import Faults
 from unbroken import App, EnqueueError, Permanent, Step, current_job
 from unbroken.dashboard import create_app
@@ -400,3 +400,23 @@ def test_the_dashboard_draws_a_workflow_by_level_with_states(app: App, database_
     assert "<script>" not in text
     assert "style=" not in text
     assert missing.status_code == 404
+
+
+def test_jobs_ls_lists_a_workflows_pending_steps(app: App, database_url: str) -> None:
+    # Each state has its own branch in the operators' list (one index scan per state): a
+    # state without one would be missing from every `jobs ls` and dashboard page.
+    @app.task(name="wf.first")
+    def first() -> None: ...
+
+    @app.task(name="wf.then")
+    def then() -> None: ...
+
+    wf = app.workflow("listed")
+    a = wf.step(first.job())
+    b = wf.step(then.job(), after=a)
+    wf.enqueue()
+    pending = cli_json(database_url, "jobs", "ls", "--state", "pending")
+    assert [j["id"] for j in pending["jobs"]] == [b.job_id]
+    every = cli_json(database_url, "jobs", "ls")
+    assert {j["id"] for j in every["jobs"]} == {a.job_id, b.job_id}
+    assert every["matching"] == 2

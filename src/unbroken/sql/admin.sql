@@ -84,6 +84,14 @@ UNION ALL
    AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
  ORDER BY id + 0 DESC LIMIT %(window)s)
+UNION ALL
+(SELECT id FROM unbroken.jobs
+ WHERE state = 'pending' AND workflow_id IS NOT NULL  -- read through jobs_workflow_idx
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'pending' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter_indexed})
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ ORDER BY id + 0 DESC LIMIT %(window)s)
 ) AS candidates
 ORDER BY id DESC
 LIMIT %(window)s
@@ -158,6 +166,13 @@ UNION ALL
  WHERE state = 'running'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'running' = ANY(%(states)s::unbroken.job_state[]))
+   AND ({job_filter})
+ LIMIT %(limit)s)
+UNION ALL
+(SELECT 1 FROM unbroken.jobs
+ WHERE state = 'pending' AND workflow_id IS NOT NULL  -- read through jobs_workflow_idx
+   AND (%(states)s::unbroken.job_state[] IS NULL
+        OR 'pending' = ANY(%(states)s::unbroken.job_state[]))
    AND ({job_filter})
  LIMIT %(limit)s)
 LIMIT %(limit)s
