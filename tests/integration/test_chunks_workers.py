@@ -265,10 +265,16 @@ def heartbeat_held(url: str, worker_id: str) -> Iterator[None]:
     also updates that row) waits, so it cannot tell a job that its lease is gone, as when
     the heartbeat is slow or its connection half-open. Only the chunk's own fence is left."""
     with psycopg.connect(url, connect_timeout=5) as conn:
+        # The leader forgets a worker silent for a lease (this one was stopped longer), and
+        # its next heartbeat registers it again: hold the row whether or not it is there.
         locked = conn.execute(
-            "SELECT id FROM unbroken.workers WHERE id = %s FOR UPDATE", [worker_id]
+            "INSERT INTO unbroken.workers (id, host, pid, queues, concurrency)"
+            " VALUES (%s, 'held', 0, '{}', 1)"
+            " ON CONFLICT (id) DO UPDATE SET heartbeat_at = unbroken.workers.heartbeat_at"
+            " RETURNING id",
+            [worker_id],
         ).fetchone()
-        assert locked is not None, f"worker {worker_id} is not registered"
+        assert locked is not None
         yield
         conn.rollback()
 

@@ -202,6 +202,8 @@ def test_a_report_from_a_stale_claim_changes_nothing(probe: Probe, app: App) -> 
             "progress": [json.dumps(report)],
             "lease": 60.0,
             "worker_id": "w1",
+            # The heartbeat (re)registers its worker: who it is.
+            **{"host": "test", "pid": 1, "queues": ["default"], "concurrency": 1},
         }
         return probe.rows(Q["lease_renew_many"], params)
 

@@ -183,9 +183,10 @@ def test_pruning_keeps_the_finished_jobs_of_a_workflow_that_still_runs(
 
     def prune() -> int:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            row = conn.execute(Q["job_prune_finished"], {"retention": 0, "limit": 1000}).fetchone()
+            params = {"older_than": 0, "states": ["succeeded", "dead", "cancelled"], "limit": 1000}
+            rows = conn.execute(Q["job_prune_finished"], params).fetchall()
             conn.execute(Q["workflow_prune_empty"], {"limit": 1000})
-        return int(row[0]) if row else 0
+        return sum(int(jobs) for _, jobs in rows)
 
     with running_worker(app):
         probe.wait_state(middle.job_id or 0, "running", timeout=30)

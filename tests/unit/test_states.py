@@ -40,7 +40,7 @@ def state_sets(sql: str) -> dict[str, set[str]]:
     """{constraint or index name: the states its text names after `state`}."""
     found: dict[str, set[str]] = {}
     for name, text in re.findall(
-        r"CONSTRAINT (\w+) CHECK \((.*?)\)(?:,\n|\n\);)", sql, re.S
+        r"CONSTRAINT (\w+) CHECK \((.*?)\)(?:,\n|\n\)(?:;| WITH))", sql, re.S
     ) + re.findall(r"CREATE (?:UNIQUE )?INDEX (\w+) ON unbroken\.jobs [^;]*?WHERE ([^;]*);", sql):
         named: set[str] = set()
         for m in re.finditer(r"\bstate(?:::text)?\s*(?:=|<>|IN)\s*(\([^)]*\)|'[a-z_]+')", text):
