@@ -116,3 +116,34 @@ def test_enqueue_arguments_that_do_not_fit_are_bad_input(args_json: str, expecte
     assert len(lines) == 1, result.stderr
     assert "task unbroken.demo.app.sync_issues: " in lines[0]
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["jobs", "show", "abc"], "unbroken jobs show: Invalid value for 'job_id'"),
+        (["jobs", "ls", "--limit", "99999"], "Invalid value for '--limit'"),
+        (["jobs", "ls", "--bogus"], "No such option: --bogus"),
+        (["dlq", "ls", "--limit", "x"], "Invalid value for '--limit'"),
+        (["queues", "pause"], "Missing argument"),
+        (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    ],
+    ids=["id-not-integer", "limit-over", "unknown-option", "limit-text", "missing", "command"],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], expected: str) -> None:
+    """What the option parser refuses is bad input like any other: one line naming it and
+    where the usage is, exit 2; never a boxed, multi-line message."""
+    result = run_within(15, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert expected in lines[0], lines[0]
+    assert "--help" in lines[0]
+
+
+def test_help_and_version_still_exit_0() -> None:
+    for args in (["--help"], ["jobs", "ls", "--help"], ["--version"]):
+        result = run_within(15, *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.strip(), args

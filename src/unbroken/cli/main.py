@@ -19,6 +19,7 @@ import sys
 
 import psycopg
 import typer
+import typer._click.exceptions as usage  # typer 0.29 vendors click: its errors live here
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -145,7 +146,28 @@ def main(argv: list[str] | None = None) -> None:
     _register()
     previous = set_access(LOOK_ONLY)  # the callback sets each command's; restored at the end
     try:
-        app(args=argv, standalone_mode=True)
+        # Not standalone: click's own errors come here, to be printed as one line like ours.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)  # a typer.Exit(code) that click returned instead of raising
+    except usage.NoArgsIsHelpError as exc:  # `unbroken dlq`: the help, as standalone shows it
+        exc.show()
+        sys.exit(exc.exit_code)
+    except usage.UsageError as exc:  # the option parser's: bad input like any other
+        where = exc.ctx.command_path if exc.ctx is not None else "unbroken"
+        line = escape(" ".join(exc.format_message().split()))
+        err_console.print(
+            f"[red]error:[/red] {escape(where)}: {line} (see `{escape(where)} --help`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
+    except usage.ClickException as exc:
+        err_console.print(f"[red]error:[/red] {escape(first_line(exc))}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # Ctrl-C or EOF at a prompt
+        err_console.print("aborted", highlight=False)
+        sys.exit(1)
     except ConfigError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
