@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+import psycopg.conninfo
 import pytest
 
 from apps.harness import wait_until
@@ -348,3 +350,40 @@ def test_a_database_down_from_the_start_is_a_503(
         assert "the database did not answer" in page.text
         faults.start()
         wait_until(lambda: c.get("/jobs").status_code == 200, timeout=30, what="pages answer")
+
+
+def test_an_unmigrated_database_or_a_missing_grant_is_named_not_called_down(
+    database_url: str,
+) -> None:
+    """503 "did not answer" is for a database that is away. One without the schema says to
+    migrate; a role without the grants a page needs gets 403 naming the grant problem."""
+    app = create_app(load_settings(database_url=database_url), credentials=None)
+    with serve(app) as url, client(url) as c:
+        page = c.get("/jobs")
+        assert page.status_code == 503
+        assert "did not answer" not in page.text
+        assert "unbroken db migrate" in page.text
+        api = c.get("/api/jobs")
+        assert api.status_code == 503
+        assert "unbroken db migrate" in api.json()["error"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        from unbroken.migrations import migrate
+
+        migrate(conn)
+        conn.execute("DROP ROLE IF EXISTS dash_nobody")
+        conn.execute("CREATE ROLE dash_nobody LOGIN PASSWORD 'dash-nobody-pw'")
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(database_url)
+        parts.update(user="dash_nobody", password="dash-nobody-pw")
+        nobody = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in parts.items()})
+        app = create_app(load_settings(database_url=nobody), credentials=None)
+        with serve(app) as url, client(url) as c:
+            page = c.get("/jobs")
+            assert page.status_code == 403
+            assert "did not answer" not in page.text
+            assert "permission denied" in page.text
+            assert "docs/security.md" in page.text
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("DROP OWNED BY dash_nobody")
+            conn.execute("DROP ROLE dash_nobody")

@@ -64,6 +64,19 @@ class DatabaseDown(Exception):
     """The database did not answer a page's queries: shown as a 503, not a traceback."""
 
 
+class SchemaMissing(Exception):
+    """The database answers but holds no unbroken schema (not migrated): a 503 that says so."""
+
+
+class GrantMissing(Exception):
+    """The dashboard's role lacks a grant a page needs: a 403 that says so."""
+
+
+def first_line(exc: BaseException) -> str:
+    text = redact(str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Dashboard:
     """One dashboard's state: its settings, its database (opened on first use) and its
     renderer; the routes (pages.Pages, api.Api) read the store through `store`."""
@@ -123,9 +136,18 @@ class Dashboard:
     async def store(self, fn: Callable[[OperatorStore], T]) -> T:
         try:
             return await run_in_threadpool(self.run, fn)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+            raise SchemaMissing(
+                f"no unbroken schema {self.settings.schema_name!r} in this database "
+                f"({first_line(exc)}): run `unbroken db migrate` (workers also migrate)"
+            ) from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise GrantMissing(
+                f"{first_line(exc)}: the dashboard's role lacks a grant "
+                "(docs/security.md lists what a read-only or operator role needs)"
+            ) from exc
         except (psycopg.Error, DatabaseUnavailable, StatementDeadline) as exc:
-            text = redact(str(exc)).strip()
-            raise DatabaseDown(text.splitlines()[0] if text else type(exc).__name__) from exc
+            raise DatabaseDown(first_line(exc)) from exc
 
     def pools(self) -> list[PoolStats]:
         return self._database.stats() if self._database is not None else []
@@ -213,6 +235,12 @@ def create_app(
     async def database_down(request: Request, exc: Exception) -> Response:
         return refusal(request, 503, f"the database did not answer: {exc}")
 
+    async def schema_missing(request: Request, exc: Exception) -> Response:
+        return refusal(request, 503, str(exc))
+
+    async def grant_missing(request: Request, exc: Exception) -> Response:
+        return refusal(request, 403, str(exc))
+
     async def bad_request(request: Request, exc: Exception) -> Response:
         return refusal(request, 400, str(exc))
 
@@ -224,7 +252,12 @@ def create_app(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={DatabaseDown: database_down, BadRequest: bad_request},
+        exception_handlers={
+            DatabaseDown: database_down,
+            SchemaMissing: schema_missing,
+            GrantMissing: grant_missing,
+            BadRequest: bad_request,
+        },
     )
     app.state.dashboard = d
     return app
