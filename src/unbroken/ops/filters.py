@@ -22,7 +22,7 @@ from unbroken.enqueue import unstorable_in
 from unbroken.errors import ConfigError
 from unbroken.ops.format import clip, format_age
 from unbroken.settings import MAX_SECONDS
-from unbroken.states import JobState
+from unbroken.states import FINAL, JobState
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?", re.IGNORECASE)
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -177,9 +177,14 @@ class JobFilter:
 
     @property
     def searched(self) -> bool:
-        """Whether it asks what no index answers (age, arguments): a list then searches a
-        bounded number of the newest candidates (sql/admin.sql job_search_window)."""
-        return self.older_than is not None or self.args is not None
+        """Whether it asks what no index answers (age, arguments) or what no index is keyed
+        by (the queue or task of finished jobs: jobs_finished_state_idx only carries them):
+        a list then searches a bounded number of the newest candidates (sql/admin.sql
+        job_search_window)."""
+        if self.older_than is not None or self.args is not None:
+            return True
+        finished = self.states is None or any(s in FINAL for s in self.states)
+        return finished and (self.queue is not None or self.task is not None)
 
     def restricted_to(self, allowed: Sequence[JobState]) -> JobFilter:
         """The same filter limited to `allowed` states (what an action can apply to)."""

@@ -181,9 +181,10 @@ class OperatorStore:
         self, flt: JobFilter, *, limit: int = 50, before_id: int | None = None
     ) -> tuple[list[JobSummary], Matching]:
         """One page of the jobs the filter matches, newest first, below `before_id`, and what
-        the filter matches. A filter by age or arguments, which no index answers, is
-        searched for among the newest SEARCH_LIMIT candidates only: the Matching says how
-        far the search went and, when there were more, where it stopped."""
+        the filter matches. A filter by age or arguments, which no index answers, or by
+        queue or task on finished jobs, which no index is keyed by, is searched for among
+        the newest SEARCH_LIMIT candidates only: the Matching says how far the search went
+        and, when there were more, where it stopped."""
         jobs, search = self._search(flt, limit, before_id)
         return jobs, search if flt.searched else Matching(self.job_count_upto(flt))
 
@@ -197,7 +198,7 @@ class OperatorStore:
         self, flt: JobFilter, limit: int, before_id: int | None
     ) -> tuple[list[JobSummary], Matching]:
         """A page and what its candidates held (sql/admin.sql job_search): a page's worth
-        of them, or SEARCH_LIMIT for a filter by age or arguments."""
+        of them, or SEARCH_LIMIT for a filter that searches (JobFilter.searched)."""
         window = max(SEARCH_LIMIT, limit) if flt.searched else limit
         params = {**flt.params(), "limit": limit, "before_id": before_id, "window": window}
         ids, found, examined, oldest = self._one("job_search", tuple_row, params)
@@ -220,8 +221,11 @@ class OperatorStore:
         return Count.upto(counted, cap)
 
     def task_names(self, name: str) -> list[str]:
-        """Tasks with jobs that `name` may mean: itself, or those ending in `.name` (sorted)."""
-        return self._rows("task_names_matching", scalar_row, {"name": name})
+        """Tasks that `name` may mean: itself, or those ending in `.name` (sorted), among the
+        tasks of waiting and running jobs and of the newest SEARCH_LIMIT finished jobs of
+        each final state (sql/admin.sql task_names_matching)."""
+        params = {"name": name, "window": SEARCH_LIMIT}
+        return self._rows("task_names_matching", scalar_row, params)
 
     def resolve_task(self, name: str | None) -> str | None:
         """The full task name an operator's `--task` means, as `unbroken enqueue` resolves it:

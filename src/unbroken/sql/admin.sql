@@ -4,19 +4,28 @@
 -- through the guarded queries in jobs.sql (job_retry_many, job_cancel_many); the only
 -- write here, job_delete_many, refuses to touch jobs that are not finished.
 --
+-- A finished state's rows are read through jobs_finished_state_idx (state, id) by writing
+-- `state BETWEEN 's' AND 's' AND state IN (<final states>) ... ORDER BY state DESC, id DESC`
+-- rather than `state = 's' ... ORDER BY id DESC`: the same rows in the same order, but a
+-- range leaves `state` in the sort order, which only that index yields without sorting the
+-- whole state. With the equality the planner may walk the primary key backward (it cannot
+-- know the newest jobs are the waiting and running ones, read and thrown away) or scan the
+-- table from its start (as many pages as it takes, pruned ones included); the IN list lets
+-- it prove the index's predicate.
+--
 -- Two conditions are shared: `job_filter` (an operator's job filter) and
 -- `dead_letter_filter` (which dead letters an action applies to). They are not statements:
 -- the queries that use them say `{job_filter}` where the condition goes, and the operator
 -- store (unbroken.ops.store) composes them in with psycopg.sql once, at first use.
 
 -- name: job_filter_indexed
--- The part of an operator's filter that the indexes serve: states, queue, task (JobFilter.params).
+-- The part of an operator's filter that the indexes hold: states, queue, task (JobFilter.params); a finished job's queue and task are INCLUDE columns of jobs_finished_state_idx, read without the table.
 (%(states)s::unbroken.job_state[] IS NULL OR state = ANY(%(states)s::unbroken.job_state[]))
 AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
 AND (%(task)s::text IS NULL OR task = %(task)s::text)
 
 -- name: job_filter_searched
--- The part no index serves: age and arguments (the text form matches anywhere in the JSON, which no index can answer). A list applies it to a bounded window of candidates (job_search_window).
+-- The part no index holds: age and arguments (the text form matches anywhere in the JSON, which no index can answer). A list applies it to a bounded window of candidates (job_search_window).
 (%(older_than)s::float8 IS NULL
  OR created_at < now() - make_interval(secs => %(older_than)s::float8))
 AND (%(args_json)s::jsonb IS NULL OR args @> %(args_json)s::jsonb)
@@ -27,33 +36,30 @@ AND (%(args_text)s::text IS NULL OR strpos(args::text, %(args_text)s::text) > 0)
 ({job_filter_indexed}) AND ({job_filter_searched})
 
 -- name: job_search_window
--- The ids of the newest `window` jobs below the cursor `before_id` that the indexed part of a filter matches (job_filter_indexed): one branch per state, merged newest first. Ids only, so a finished state's branch reads its partial index alone (asked for more columns, the planner may walk the primary key backward instead, reading every newer job of another state); the searched part is applied to these candidates, fetched by id. A branch whose state the filter leaves out is a constant false the planner drops; a finished state's branch walks its partial index (0009) backward, a waiting or running one reads its state's small partial index (`id + 0`: never the primary key backward, which would read every newer finished job when the state's jobs are few and old). A list passes `window` = its page size when the filter has no searched part, else the search bound (SEARCH_LIMIT): either way it reads at most `window` finished jobs whatever the table holds. Composed into job_search.
-SELECT id FROM (
-(SELECT id FROM unbroken.jobs
- WHERE state = 'succeeded'
+-- The ids of the newest `window` jobs below the cursor `before_id` in the states a filter names, each with whether the queue and task it names match (`hit`): one branch per state, merged newest first. A finished state's branch walks jobs_finished_state_idx (0009) backward and reads the queue and task from its INCLUDE columns, so it reads that index alone, never the table, and its `window` rows are a bound whatever the filter: a queue or task that few finished jobs have is searched for, not walked to (the index is not keyed by them: an index per filter would cost every finish one more index entry). A waiting or running state's branch reads its state's small partial index and keeps only matching jobs (`id + 0`: never the primary key backward, which would read every newer finished job when the state's jobs are few and old). A branch whose state the filter leaves out is a constant false the planner drops. A list passes `window` = its page size when the filter needs no search (JobFilter.searched), else the search bound (SEARCH_LIMIT): either way it reads at most `window` finished jobs whatever the table holds. Composed into job_search.
+SELECT id, hit FROM (
+(SELECT id, ({job_filter_indexed}) AS hit FROM unbroken.jobs
+ WHERE state BETWEEN 'succeeded' AND 'succeeded' AND state IN ('succeeded', 'dead', 'cancelled')
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'succeeded' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id DESC LIMIT %(window)s)
+ ORDER BY state DESC, id DESC LIMIT %(window)s)
 UNION ALL
-(SELECT id FROM unbroken.jobs
- WHERE state = 'dead'
+(SELECT id, ({job_filter_indexed}) AS hit FROM unbroken.jobs
+ WHERE state BETWEEN 'dead' AND 'dead' AND state IN ('succeeded', 'dead', 'cancelled')
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'dead' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id DESC LIMIT %(window)s)
+ ORDER BY state DESC, id DESC LIMIT %(window)s)
 UNION ALL
-(SELECT id FROM unbroken.jobs
- WHERE state = 'cancelled'
+(SELECT id, ({job_filter_indexed}) AS hit FROM unbroken.jobs
+ WHERE state BETWEEN 'cancelled' AND 'cancelled' AND state IN ('succeeded', 'dead', 'cancelled')
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'cancelled' = ANY(%(states)s::unbroken.job_state[]))
-   AND ({job_filter_indexed})
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
- ORDER BY id DESC LIMIT %(window)s)
+ ORDER BY state DESC, id DESC LIMIT %(window)s)
 UNION ALL
-(SELECT id FROM unbroken.jobs
+(SELECT id, true FROM unbroken.jobs
  WHERE state = 'available'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'available' = ANY(%(states)s::unbroken.job_state[]))
@@ -61,7 +67,7 @@ UNION ALL
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
  ORDER BY id + 0 DESC LIMIT %(window)s)
 UNION ALL
-(SELECT id FROM unbroken.jobs
+(SELECT id, true FROM unbroken.jobs
  WHERE state = 'scheduled'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'scheduled' = ANY(%(states)s::unbroken.job_state[]))
@@ -69,7 +75,7 @@ UNION ALL
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
  ORDER BY id + 0 DESC LIMIT %(window)s)
 UNION ALL
-(SELECT id FROM unbroken.jobs
+(SELECT id, true FROM unbroken.jobs
  WHERE state = 'retryable'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'retryable' = ANY(%(states)s::unbroken.job_state[]))
@@ -77,7 +83,7 @@ UNION ALL
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
  ORDER BY id + 0 DESC LIMIT %(window)s)
 UNION ALL
-(SELECT id FROM unbroken.jobs
+(SELECT id, true FROM unbroken.jobs
  WHERE state = 'running'
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'running' = ANY(%(states)s::unbroken.job_state[]))
@@ -85,7 +91,7 @@ UNION ALL
    AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
  ORDER BY id + 0 DESC LIMIT %(window)s)
 UNION ALL
-(SELECT id FROM unbroken.jobs
+(SELECT id, true FROM unbroken.jobs
  WHERE state = 'pending' AND workflow_id IS NOT NULL  -- read through jobs_workflow_idx
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'pending' = ANY(%(states)s::unbroken.job_state[]))
@@ -97,14 +103,17 @@ ORDER BY id DESC
 LIMIT %(window)s
 
 -- name: job_search
--- One page of a list: the ids of the first `limit` candidates (job_search_window) that the searched part of the filter matches, newest first; how many of the candidates it matches; how many candidates there were (`examined`) and the oldest of their ids (where `--before` continues a search that stopped). One pass over the candidates, each fetched once.
+-- One page of a list: the ids of the first `limit` candidates (job_search_window) that the whole filter matches, newest first; how many of the candidates it matches; how many candidates there were (`examined`) and the oldest of their ids (where `--before` continues a search that stopped). One pass over the candidates; the searched part (job_filter_searched) fetches only those whose queue and task matched, once each (a gated lateral probe by id).
 SELECT coalesce((array_agg(id ORDER BY id DESC) FILTER (WHERE matched))[1:%(limit)s],
                 ARRAY[]::bigint[]) AS ids,
        count(*) FILTER (WHERE matched) AS matching,
        count(*) AS examined,
        min(id) AS oldest_id
-FROM (SELECT id, ({job_filter_searched}) AS matched
-      FROM ({job_search_window}) AS candidates JOIN unbroken.jobs USING (id)) AS searched
+FROM (SELECT c.id, c.hit AND coalesce(s.matched, false) AS matched
+      FROM ({job_search_window}) AS c
+      LEFT JOIN LATERAL (SELECT ({job_filter_searched}) AS matched
+                         FROM unbroken.jobs AS j
+                         WHERE j.id = c.id AND c.hit) AS s ON true) AS searched
 
 -- name: job_list
 -- The jobs of a page (job_search's ids), newest first, with what a list shows of each.
@@ -118,28 +127,28 @@ WHERE id = ANY(%(ids)s::bigint[])
 ORDER BY id DESC
 
 -- name: job_count_upto
--- How many jobs an operator's filter matches, counted no further than `limit` (a list says "10,000+" beyond), for a filter without a searched part. No order: each state's branch counts through whichever index fits its filter best (by task, the task index, not the primary key backward).
+-- How many jobs an operator's filter matches, counted no further than `limit` (a list says "10,000+" beyond), for a filter without a searched part. No order: each state's branch counts through whichever index fits its filter best. A finished state's branch reads jobs_finished_state_idx alone; with a queue or task it reads that state's entries until `limit` match (the dead letters of `dlq ls --queue`: at most every dead job's index entry, never the table).
 SELECT count(*) AS jobs FROM (
 (SELECT 1 FROM unbroken.jobs
- WHERE state = 'succeeded'
+ WHERE state BETWEEN 'succeeded' AND 'succeeded' AND state IN ('succeeded', 'dead', 'cancelled')
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'succeeded' = ANY(%(states)s::unbroken.job_state[]))
    AND ({job_filter})
- LIMIT %(limit)s)
+ ORDER BY state DESC, id DESC LIMIT %(limit)s)
 UNION ALL
 (SELECT 1 FROM unbroken.jobs
- WHERE state = 'dead'
+ WHERE state BETWEEN 'dead' AND 'dead' AND state IN ('succeeded', 'dead', 'cancelled')
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'dead' = ANY(%(states)s::unbroken.job_state[]))
    AND ({job_filter})
- LIMIT %(limit)s)
+ ORDER BY state DESC, id DESC LIMIT %(limit)s)
 UNION ALL
 (SELECT 1 FROM unbroken.jobs
- WHERE state = 'cancelled'
+ WHERE state BETWEEN 'cancelled' AND 'cancelled' AND state IN ('succeeded', 'dead', 'cancelled')
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'cancelled' = ANY(%(states)s::unbroken.job_state[]))
    AND ({job_filter})
- LIMIT %(limit)s)
+ ORDER BY state DESC, id DESC LIMIT %(limit)s)
 UNION ALL
 (SELECT 1 FROM unbroken.jobs
  WHERE state = 'available'
@@ -195,20 +204,25 @@ LIMIT %(limit)s
 
 -- name: task_names_matching
 -- The tasks a name typed by an operator may mean: the task of that exact name, or every task whose name ends in '.' and it (`send_welcome` for `myapp.mail.send_welcome`), as `unbroken enqueue` resolves a name in the app's registry; the store has no app, so it asks the jobs. `right()` rather than LIKE: task names hold `_`, a LIKE wildcard.
--- The finished jobs' tasks are read by skipping through jobs_finished_task_idx (one probe per
--- task, not per job); waiting and running jobs' through their states' partial indexes.
-WITH RECURSIVE finished AS (
+-- Asked of the waiting and running jobs (their states' partial indexes) and of the newest
+-- `window` finished jobs of each final state (jobs_finished_state_idx alone, task INCLUDEd):
+-- no index is keyed by task (one would cost every finish an index entry), and every
+-- finished task would mean reading every finished job.
+WITH finished AS (
     (SELECT task FROM unbroken.jobs
-     WHERE state IN ('succeeded', 'dead', 'cancelled') ORDER BY task LIMIT 1)
+     WHERE state BETWEEN 'succeeded' AND 'succeeded' AND state IN ('succeeded', 'dead', 'cancelled')
+     ORDER BY state DESC, id DESC LIMIT %(window)s)
     UNION ALL
-    SELECT (SELECT j.task FROM unbroken.jobs AS j
-            WHERE j.state IN ('succeeded', 'dead', 'cancelled') AND j.task > f.task
-            ORDER BY j.task LIMIT 1)
-    FROM finished AS f
-    WHERE f.task IS NOT NULL
+    (SELECT task FROM unbroken.jobs
+     WHERE state BETWEEN 'dead' AND 'dead' AND state IN ('succeeded', 'dead', 'cancelled')
+     ORDER BY state DESC, id DESC LIMIT %(window)s)
+    UNION ALL
+    (SELECT task FROM unbroken.jobs
+     WHERE state BETWEEN 'cancelled' AND 'cancelled' AND state IN ('succeeded', 'dead', 'cancelled')
+     ORDER BY state DESC, id DESC LIMIT %(window)s)
 ),
 tasks AS (
-    SELECT task FROM finished WHERE task IS NOT NULL
+    SELECT task FROM finished
     UNION SELECT task FROM unbroken.jobs WHERE state = 'available'
     UNION SELECT task FROM unbroken.jobs WHERE state IN ('scheduled', 'retryable')
     UNION SELECT task FROM unbroken.jobs WHERE state = 'running'
@@ -324,14 +338,14 @@ SELECT EXISTS (SELECT FROM unbroken.jobs WHERE queue = %(name)s::text)
     OR EXISTS (SELECT FROM unbroken.queues WHERE name = %(name)s::text) AS in_use
 
 -- name: dead_letter_groups
--- The newest `sample` dead jobs grouped by queue, task, error type and message, largest group first; `key` names a group for retry and purge. Their ids come first, from a partial index of finished jobs read backward without the table (by state, or by queue or task when one is given): asked for whole rows at once, the planner walks the primary key backward instead and reads every newer job that is not dead.
+-- The newest `sample` dead jobs grouped by queue, task, error type and message, largest group first; `key` names a group for retry and purge. Their ids come first, from jobs_finished_state_idx read backward without the table (a queue or task is read from its INCLUDE columns: with one, at most every dead job's index entry is read until `sample` match): asked for whole rows at once, the planner walks the primary key backward instead and reads every newer job that is not dead.
 WITH newest AS (
     SELECT id
     FROM unbroken.jobs
-    WHERE state = 'dead'
+    WHERE state BETWEEN 'dead' AND 'dead' AND state IN ('succeeded', 'dead', 'cancelled')
       AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
       AND (%(task)s::text IS NULL OR task = %(task)s::text)
-    ORDER BY id DESC
+    ORDER BY state DESC, id DESC
     LIMIT %(sample)s
 ),
 dead AS (
