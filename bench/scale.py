@@ -124,6 +124,10 @@ CLI: list[tuple[str, ...]] = [
     ("jobs", "ls", "--json"),
     ("dlq", "ls"),
     ("dlq", "ls", "--queue", "queue_3"),
+    # The worst case of a filter read from INCLUDE columns: a queue no job has (every dead
+    # job's index entry for dead letters; the search bound for a list).
+    ("jobs", "ls", "--queue", "no_such_queue"),
+    ("dlq", "ls", "--queue", "no_such_queue"),
     ("queues",),
     ("stats",),
 ]

@@ -100,7 +100,11 @@ def jobs_ls(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List jobs, newest first, filtered by state, queue, task, age or arguments."""
+    """List jobs, newest first, filtered by state, queue, task, age or arguments.
+
+    A queue or task over finished jobs, an age or arguments are searched for among the
+    newest 10,000 jobs; the list then says where to go on (--before).
+    """
     flt = _filter(state, queue, task, older_than, args)
     with open_store() as store:
         flt = replace(flt, task=store.resolve_task(flt.task))

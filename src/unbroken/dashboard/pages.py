@@ -139,7 +139,7 @@ class Pages:
         links.update({s: urlencode({**params, "state": s}) for s in JobState})
         if data["jobs"]:
             links["older"] = urlencode({**params, "before": data["jobs"][-1].id})
-        if data["search"].stopped_at is not None:  # a search by age or arguments stopped
+        if data["search"].stopped_at is not None:  # a search (JobFilter.searched) stopped
             links["search_on"] = urlencode({**params, "before": data["search"].stopped_at})
         return self.view.page(
             request,
