@@ -5,10 +5,11 @@
 -- (INCLUDE) so that a filter by them reads the index alone, never the table.
 -- One index, not one per filter: every finish is a non-HOT update, so each index a finished
 -- row enters costs every job one more index entry when it finishes (three such indexes made
--- the workers' finish ~1.4x as costly in the database). A queue or task filter on finished
--- jobs is therefore searched like an age or arguments filter: over a bounded number of the
--- newest candidates, saying where it stopped (sql/admin.sql job_search_window).
--- On a big table the migration holds writes to jobs while it builds it (about 10 s per
+-- the finish statement ~1.2x as costly in the database: bench/index_cost.py). A queue or
+-- task filter on finished jobs is therefore searched like an age or arguments filter: over
+-- a bounded number of the newest candidates, saying where it stopped (sql/admin.sql
+-- job_search_window).
+-- On a big table the migration holds writes to jobs while it builds it (about 1 s per
 -- million finished jobs on two cores): to avoid that, build it first with
 -- `CREATE INDEX CONCURRENTLY` under the same name and definition; the migration then finds
 -- it there.
