@@ -269,7 +269,7 @@ class Settings(BaseSettings):
     listen: bool = Field(
         True,
         description="Wake idle workers with LISTEN/NOTIFY; off means polling only "
-        "(forced off with pgbouncer=transaction).",
+        "(forced off with pgbouncer=transaction unless listen_url is set).",
     )
     batch_size: int = Field(
         1000,
@@ -343,10 +343,16 @@ class Settings(BaseSettings):
         "off",
         description="PgBouncer's pool_mode in front of the server: server timeouts are then set "
         "per session or per transaction; 'transaction' also turns off prepared statements and "
-        "LISTEN (polling only).",
+        "LISTEN (polling only, unless listen_url is set).",
+    )
+    listen_url: SecretURL | None = Field(
+        None,
+        description="A direct URL to the same database, bypassing PgBouncer, for the listener "
+        "alone: LISTEN wake-ups and the session lock that marks a live leader "
+        "(docs/pgbouncer.md).",
     )
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "listen_url", mode="before")
     @classmethod
     def _url_parses(cls, value: Any) -> Any:
         if isinstance(value, SecretStr):
@@ -416,7 +422,9 @@ class Settings(BaseSettings):
         return [q.strip() for q in self.queues.split(",") if q.strip()]
 
     def uses_listen(self) -> bool:
-        return self.listen and self.pgbouncer != "transaction"
+        """LISTEN needs a session of its own: not through PgBouncer in transaction mode,
+        unless the listener has a direct URL."""
+        return self.listen and (self.pgbouncer != "transaction" or self.listen_url is not None)
 
     def deadline(self) -> float:
         """Client-side deadline for one runtime statement, in seconds."""
@@ -519,7 +527,7 @@ def describe_validation_error(exc: ValidationError, overrides: dict[str, Any]) -
             if err.get("type") == "extra_forbidden" or isinstance(value, dict)
             else (f" (got {value!r})")
         )
-        if "password" in str(value).lower() or field == "database_url":
+        if "password" in str(value).lower() or field in ("database_url", "listen_url"):
             shown = ""
         problems.append(f"{name}: {message}{shown}")
     return "; ".join(problems)

@@ -354,3 +354,61 @@ def test_without_the_setting_pgbouncer_is_named_at_once(bouncer: Bouncer, bounce
     settings = bounced_settings(bouncer, pgbouncer="off", startup_wait=60)
     with pytest.raises(ConfigError, match="UNBROKEN_PGBOUNCER"):
         wait_until_reachable(bounced_url, settings)
+
+
+POLL_SECONDS = 30.0  # longer than any wait below: a job run sooner was woken, not polled
+
+
+@pytest.mark.parametrize(
+    "direct_listener",
+    [
+        True,
+        pytest.param(
+            False,
+            marks=pytest.mark.xfail(
+                strict=True, reason="without a direct listener a worker waits for its poll"
+            ),
+        ),
+    ],
+    ids=["listen-url", "polling-only"],
+)
+def test_a_direct_listener_wakes_a_worker_in_transaction_mode(
+    bouncer: Bouncer, bounced_url: str, database_url: str, probe: Probe, direct_listener: bool
+) -> None:
+    """UNBROKEN_LISTEN_URL bypasses PgBouncer for the listener alone: a job enqueued while
+    the worker idles runs long before its next poll, and the leader's row names the
+    session lock. Without it (polling only, the last case, expected to fail) the wait for
+    the job runs out."""
+    if bouncer.mode != "transaction":
+        pytest.skip("in session mode the listener goes through PgBouncer already")
+    listen_url = database_url if direct_listener else None
+    app = App(
+        database_url=bounced_url,
+        pgbouncer="transaction",
+        listen_url=listen_url,
+        **{**FAST_SETTINGS, "poll_interval": POLL_SECONDS},
+    )
+    try:
+        app.migrate()
+
+        @app.task(name="double")
+        def double(n: int) -> int:
+            return n * 2
+
+        with running_worker(app):
+            probe.wait_fetching_idle()  # looked once at start-up; now waits to be woken
+            job = double.enqueue(21)
+            wait_until(
+                lambda: probe.state(job) == "succeeded",
+                timeout=POLL_SECONDS / 3,
+                what=f"job {job} woken and run before the {POLL_SECONDS:g} s poll",
+            )
+            # The leader's row names the lock its direct session holds: a dead leader is
+            # then replaced within one try, not after its term.
+            wait_until(
+                lambda: probe.value("SELECT lock_key FROM unbroken.leaders"),
+                timeout=10,
+                what="the leader's row to name its listener session's lock",
+            )
+    finally:
+        app.close()

@@ -118,14 +118,16 @@ URL = "postgresql://app:hunter2@db.internal:5432/orders"
 
 
 def test_repr_and_every_dump_hide_the_password() -> None:
-    settings = load_settings(database_url=URL)
+    settings = load_settings(database_url=URL, listen_url=URL)
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in str(settings)
     assert "hunter2" not in settings.model_dump_json()
     assert "hunter2" not in str(settings.model_dump())
-    assert "hunter2" not in str(settings.database_url)
-    assert "db.internal" in str(settings.database_url)  # the rest is still shown
+    for url in (settings.database_url, settings.listen_url):
+        assert "hunter2" not in str(url)
+        assert "db.internal" in str(url)  # the rest is still shown
     assert settings.configured_url() == URL  # what connects has it
+    assert settings.listen_url is not None and settings.listen_url.get_secret_value() == URL
 
 
 @pytest.mark.parametrize(
@@ -135,6 +137,8 @@ def test_repr_and_every_dump_hide_the_password() -> None:
         ("UNBROKEN_DATABASE_URL", "postgresql://app:hunter2%@db/orders"),
         ("UNBROKEN_DATABASE_URL", "host=db password=hunter2 extra"),
         ("DATABASE_URL", "postgresql://app:hunt%er2@db/orders"),
+        ("UNBROKEN_LISTEN_URL", "postgresql://app:hunt%er2@db/orders"),
+        ("UNBROKEN_LISTEN_URL", "host=db password=hunter2 extra"),
     ],
 )
 def test_a_url_that_does_not_parse_never_shows_its_password(
@@ -168,7 +172,9 @@ def test_cli_config_json_and_text_never_show_the_password(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for args in (("config", "--json"), ("config",)):
-        code, out, err = run_cli(capsys, monkeypatch, *args, UNBROKEN_DATABASE_URL=URL)
+        code, out, err = run_cli(
+            capsys, monkeypatch, *args, UNBROKEN_DATABASE_URL=URL, UNBROKEN_LISTEN_URL=URL
+        )
         assert code == 0, err
         assert "hunter2" not in out + err
         assert "db.internal" in out
@@ -180,6 +186,7 @@ def test_cli_config_json_and_text_never_show_the_password(
         {"UNBROKEN_STATEMENT_TIMEOUT": "1e309"},
         {"UNBROKEN_LEASE_SECONDS": "inf"},
         {"UNBROKEN_DATABASE_URL": "postgresql://app:hunt%er2@db/orders"},
+        {"UNBROKEN_LISTEN_URL": "postgresql://app:hunt%er2@db/orders"},
     ],
 )
 def test_cli_refuses_them_in_one_line_with_exit_code_2(

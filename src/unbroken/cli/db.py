@@ -47,7 +47,7 @@ def config(
         return
     for row in rows:
         value = str(row["value"])
-        if str(row["variable"]).endswith("DATABASE_URL"):
+        if str(row["variable"]).endswith("_URL"):
             value = redact(value)
         console.print(f"[bold]{row['variable']}[/bold] = {value}  [dim]{row['why']}[/dim]")
 

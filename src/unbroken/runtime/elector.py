@@ -11,7 +11,8 @@ tries every 2 s and takes it when
 - the term ran out (8 s, at most a lease): what replaces a leader that is alive but stuck
   (SIGSTOP, a blocked event loop) with its session still open, one on a host that vanished
   without closing its sockets, and one with no session to name (listen off, PgBouncer in
-  transaction mode: LISTEN and session locks do not work there).
+  transaction mode without a direct UNBROKEN_LISTEN_URL: LISTEN and session locks do not
+  work through it).
 
 A dead leader is so replaced within about 2 s, a stuck one or one without a session
 within 10 s (term plus one try). The term row itself needs no session, so election works

@@ -3,7 +3,8 @@
 It is not from the pool (a LISTEN must stay on one session), it is checked for liveness
 every few seconds with a round trip, and it reconnects with backoff when it dies, waking
 the producer after each reconnect because notifications sent meanwhile are lost. Not
-used with PgBouncer in transaction mode, where LISTEN does not work: polling alone then.
+used with PgBouncer in transaction mode, where LISTEN does not work (polling alone then),
+unless UNBROKEN_LISTEN_URL gives the listener a direct URL to the server.
 
 Its session lives exactly as long as the process (a SIGKILLed process's socket is closed by
 the kernel, and the server ends the session at once), so it also holds a session advisory
@@ -31,6 +32,16 @@ logger = logging.getLogger("unbroken.notifier")
 LIVENESS_EVERY = 5.0  # seconds between round trips that prove the listener is alive
 
 
+def listener_target(conninfo: str, settings: Settings) -> tuple[str, Settings]:
+    """Where the listener connects, and with which settings: the direct `listen_url` when
+    set (straight to the server, so the server settings travel in the startup packet as
+    without PgBouncer), else the pools' own conninfo."""
+    if settings.listen_url is None:
+        return conninfo, settings
+    direct = settings.model_copy(update={"pgbouncer": "off"})
+    return settings.listen_url.get_secret_value(), direct
+
+
 class Notifier:
     def __init__(
         self,
@@ -40,8 +51,7 @@ class Notifier:
         on_wake: Callable[[], None],
         queries: Queries,
     ) -> None:
-        self._conninfo = conninfo
-        self._settings = settings
+        self._conninfo, self._settings = listener_target(conninfo, settings)
         self._channel = f"{settings.schema_name}.jobs"
         self._queues = set(queues)
         self._on_wake = on_wake
