@@ -127,7 +127,8 @@ def test_repr_and_every_dump_hide_the_password() -> None:
         assert "hunter2" not in str(url)
         assert "db.internal" in str(url)  # the rest is still shown
     assert settings.configured_url() == URL  # what connects has it
-    assert settings.listen_url is not None and settings.listen_url.get_secret_value() == URL
+    assert settings.listen_url is not None
+    assert settings.listen_url.get_secret_value() == URL
 
 
 @pytest.mark.parametrize(
