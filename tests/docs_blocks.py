@@ -19,6 +19,8 @@ by the block's language (the first word of its info string):
 - sql: run through psycopg on the test database and committed; a role the block alters
   (`ALTER ROLE app`) is the reader's own, so the test makes a throwaway one first.
 - ini: parsed by configparser (`;` starts an inline comment, as in pgbouncer.ini).
+- yaml: Kubernetes manifests (docs/autoscaling.md), parsed by PyYAML: every document must
+  parse and name its apiVersion and kind (no cluster runs them).
 - mermaid, text: not code (a diagram, output): listed in NOT_CODE and skipped.
 
 Afterwards no job that a document's blocks enqueued may have recorded an error: a task that

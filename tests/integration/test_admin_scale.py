@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from psycopg import Cursor, sql
 
+from docs_blocks import REPO, blocks
 from unbroken import migrations
 from unbroken.ops import store as store_module
 from unbroken.ops.filters import JobFilter
@@ -194,3 +195,38 @@ def test_finished_counts_are_estimated_near_the_truth_and_labelled(loaded: str) 
     assert abs(totals["succeeded"] - exact["succeeded"]) <= 0.10 * exact["succeeded"]
     assert totals["available"] == exact["available"]
     assert totals["available"].kind == "exact"
+
+
+def scan_indexes(plan: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(node type, index) of every scan of the jobs table in the plan."""
+    found = []
+    if plan.get("Relation Name") == "jobs":
+        found.append((str(plan["Node Type"]), plan.get("Index Name")))
+    for child in plan.get("Plans", []):
+        found += scan_indexes(child)
+    return found
+
+
+def test_the_autoscaling_query_reads_only_waiting_and_running_jobs(loaded: str) -> None:
+    """docs/autoscaling.md's query, as written: every scan of jobs is one of the partial
+    indexes of waiting and running jobs, and it counts right."""
+    [block] = [b for b in blocks(REPO / "docs" / "autoscaling.md") if b.language == "sql"]
+    query = block.code
+    # The KEDA manifest carries the same query (whitespace aside).
+    words = " ".join(line for line in query.splitlines() if not line.startswith("--")).split()
+    manifests = [b.code for b in blocks(block.document) if b.language == "yaml"]
+    assert any(" ".join(words).rstrip(";") in " ".join(m.split()) for m in manifests)
+    plan = explained(loaded, query.encode(), {})
+    scans = scan_indexes(plan)
+    assert scans, plan
+    assert all(index in ACTIVE_INDEXES for _, index in scans), scans
+    with psycopg.connect(loaded, autocommit=True) as conn:
+        row = conn.execute(query.encode()).fetchone()
+        exact = conn.execute(
+            "SELECT count(*) FROM unbroken.jobs WHERE queue = 'default' AND (state IN"
+            " ('available', 'running') OR (state IN ('scheduled', 'retryable')"
+            " AND run_at <= now()))"
+        ).fetchone()
+    assert row is not None
+    assert exact is not None
+    assert row[0] == exact[0] > 0

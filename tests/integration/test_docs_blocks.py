@@ -77,6 +77,8 @@ class Reader:
         if block.language == "ini":
             configparser.ConfigParser(inline_comment_prefixes=(";",)).read_string(block.code)
             return None
+        if block.language == "yaml":
+            return yaml_problem(block)
         if block.language in NOT_CODE:
             return None
         return f"no rule runs a {block.language or 'plain'} block: give it a language or a mark"
@@ -204,3 +206,19 @@ def test_every_block_runs_as_written(document: Path, database_url: str, tmp_path
 def test_fragments_stay_few() -> None:
     fragments = [b.where for doc in DOCUMENTS for b in blocks(doc) if b.fragment]
     assert len(fragments) <= MAX_FRAGMENTS, f"{len(fragments)} fragments: {fragments}"
+
+
+def yaml_problem(block: Block) -> str | None:
+    """A Kubernetes manifest: every YAML document parses and names its apiVersion and kind."""
+    try:
+        import yaml
+    except ImportError:
+        return "PyYAML is needed to check yaml blocks: pip install -e '.[dev]'"
+    try:
+        documents = list(yaml.safe_load_all(block.code))
+    except yaml.YAMLError as exc:
+        return f"does not parse: {str(exc).splitlines()[0]}"
+    for doc in documents:
+        if not (isinstance(doc, dict) and doc.get("apiVersion") and doc.get("kind")):
+            return "a YAML document without apiVersion and kind (not a manifest)"
+    return None
