@@ -39,6 +39,13 @@ if TYPE_CHECKING:
 
 TASKS_POOL = "tasks"  # the worker's pool for task code's transactions
 MESSAGE_MAX = 500  # characters of a progress message kept
+COUNT_MAX = 2**63 - 1  # a count the database reads as bigint
+
+
+def storable_text(text: str) -> str:
+    """`text` as PostgreSQL can store it: NULs dropped, a lone surrogate (a file name read
+    with surrogateescape) written as its escape, `\\udce9`, instead of failing the write."""
+    return text.replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +153,15 @@ class JobContext:
                 isinstance(value, bool) or not isinstance(value, int) or value < 0
             ):
                 raise ValueError(f"progress {name}={value!r}: must be a whole number >= 0")
+            if value is not None and value > COUNT_MAX:
+                raise ValueError(f"progress {name}={value}: must be at most {COUNT_MAX}")
         if message is not None and not isinstance(message, str):
             raise ValueError(f"progress message={message!r}: must be a string")
         version, keys = self._reported
         update = {
             "processed": done,
             "total": total,
-            "message": None if message is None else message[:MESSAGE_MAX].replace("\x00", ""),
+            "message": None if message is None else storable_text(message[:MESSAGE_MAX]),
         }
         merged = {**keys, **{k: v for k, v in update.items() if v is not None}}
         if (

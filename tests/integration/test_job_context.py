@@ -288,6 +288,40 @@ def test_bad_reports_are_refused_with_a_clear_error(app: App, probe: Probe) -> N
     ]
 
 
+def test_a_report_postgresql_cannot_store_never_stops_the_heartbeats(
+    app: App, probe: Probe
+) -> None:
+    """A message with a lone surrogate (a file name decoded with surrogateescape) or a count
+    beyond bigint once made every heartbeat of the worker fail: its jobs' leases ran out,
+    they were rescued and ran again elsewhere. A report is never what a lease depends on."""
+
+    @app.task(name="odd_report", max_attempts=1)
+    async def odd_report(seconds: float) -> None:
+        current_job().progress(done=1, total=2, message="caf\udce9.csv")
+        await asyncio.sleep(seconds)  # longer than a lease (3 s): heartbeats must go on
+
+    @app.task(name="neighbour", max_attempts=1)
+    async def neighbour(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    job, other = odd_report.enqueue(8.0), neighbour.enqueue(8.0)
+    with running_worker(app):
+        rows = [probe.wait_state(j, "succeeded", timeout=60) for j in (job, other)]
+    assert [(r["attempt"], r["rescues"]) for r in rows] == [(1, 0), (1, 0)]
+    assert rows[0]["progress"]["message"] == "caf\\udce9.csv"  # kept, escaped
+    with pytest.raises(ValueError, match="at most 9223372036854775807"):
+        current_job_free_progress(done=2**63)
+
+
+def current_job_free_progress(**report: Any) -> None:
+    """progress() of a context outside any worker: its checks alone."""
+    from unbroken.context import JobContext
+
+    ctx = JobContext.__new__(JobContext)
+    ctx._reported = (0, {})
+    ctx.progress(**report)
+
+
 def test_the_last_flushed_report_survives_a_sigkill_and_the_retry_sees_it(
     app: App, probe: Probe, database_url: str, tmp_path: Path
 ) -> None:

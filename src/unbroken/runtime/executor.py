@@ -410,6 +410,11 @@ class Executor:
     async def hand_back_remaining(self) -> None:
         """Cancel what still runs after the grace period: each is handed back unspent."""
         self.shutting_down = True
+        for r in self.running.values():
+            # A sync task's thread goes on after its asyncio side is cancelled: its next
+            # check(), transaction() or chunk commit must stop it, for the job is handed
+            # back and may start elsewhere before this process ends.
+            r.ctx.cancel_requested = True
         tasks = [r.task for r in self.running.values()]
         for t in tasks:
             t.cancel()

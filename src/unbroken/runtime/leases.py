@@ -20,6 +20,8 @@ import socket
 import time
 from typing import Any
 
+import psycopg
+
 from unbroken import telemetry
 from unbroken.db._async.pool import AsyncRolePool
 from unbroken.db.arrays import claim_array, int_array
@@ -79,6 +81,12 @@ class LeaseKeeper:
             await conn.execute(self._register, params)
         self.registered = True
 
+    async def _renew_leases(self, params: dict[str, Any]) -> list[Any]:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=RENEWED_LEASE)
+            await cur.execute(self._renew, params, prepare=False)
+            return await cur.fetchall()
+
     async def beat(self) -> None:
         if not self.registered:
             await self.register()
@@ -98,10 +106,19 @@ class LeaseKeeper:
             "worker_id": self._worker_id,
             **self._identity(),  # the beat registers us again if the leader forgot us
         }
-        async with self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=RENEWED_LEASE)
-            await cur.execute(self._renew, params, prepare=False)
-            rows = await cur.fetchall()
+        try:
+            rows = await self._renew_leases(params)
+        except psycopg.DataError as exc:
+            if params["progress"] is None:
+                raise
+            # A report the database refuses must never cost the leases: renew without
+            # reports, and drop them (the next one a task makes is sent as usual).
+            logger.warning(
+                "progress reports dropped, the database refused them (%s: %s)",
+                type(exc).__name__,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+            )
+            rows = await self._renew_leases({**params, "progress": None})
         self.renewals += 1
         self._executor.progress_sent(unsent)
         telemetry.emit(
