@@ -421,3 +421,57 @@ def test_jobs_ls_lists_a_workflows_pending_steps(app: App, database_url: str) ->
     every = cli_json(database_url, "jobs", "ls")
     assert {j["id"] for j in every["jobs"]} == {a.job_id, b.job_id}
     assert every["matching"] == 2
+
+
+def test_a_retried_step_waits_again_for_its_retried_upstream(app: App, probe: Probe) -> None:
+    failing = {"up": True}
+
+    @app.task(name="wf.up")
+    def up() -> str:
+        if failing["up"]:
+            raise Permanent("first time")
+        return "fresh"
+
+    @app.task(name="wf.down")
+    def down() -> list[list[Any]]:
+        return [[u.state, u.result] for u in current_job().upstream]
+
+    wf = app.workflow("retried")
+    first = wf.step(up.job())
+    second = wf.step(down.job(), after=first)
+    workflow_id = wf.enqueue()
+    u, d = first.job_id or 0, second.job_id or 0
+    with running_worker(app):
+        assert wait_all_final(probe, workflow_id) == {u: "dead", d: "cancelled"}
+    failing["up"] = False
+    # Retried together, in one statement: the step waits for its upstream's new run.
+    assert sorted(app.retry(u, d)) == [u, d]
+    assert probe.job(d)["state"] == "pending"
+    assert probe.value("SELECT upstream_left FROM unbroken.jobs WHERE id = %s", [d]) == 1
+    with running_worker(app):
+        assert wait_all_final(probe, workflow_id) == {u: "succeeded", d: "succeeded"}
+    assert probe.job(d)["result"] == [["succeeded", "fresh"]]
+
+
+def test_a_pending_step_cancelled_then_retried_waits_for_its_upstream(
+    app: App, probe: Probe
+) -> None:
+    @app.task(name="wf.src")
+    def src() -> str:
+        return "src"
+
+    @app.task(name="wf.sink")
+    def sink() -> list[Any]:
+        return current_job().upstream_results()
+
+    wf = app.workflow("operator")
+    first = wf.step(src.job())
+    second = wf.step(sink.job(), after=first)
+    workflow_id = wf.enqueue()
+    u, d = first.job_id or 0, second.job_id or 0
+    assert app.cancel(d) == {d: "cancelled"}
+    assert app.retry(d) == [d]
+    assert probe.state(d) == "pending"  # its upstream has not run yet
+    with running_worker(app):
+        assert wait_all_final(probe, workflow_id) == {u: "succeeded", d: "succeeded"}
+    assert probe.job(d)["result"] == ["src"]

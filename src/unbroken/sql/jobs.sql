@@ -338,9 +338,34 @@ RETURNING id, state::text
 
 -- name: job_retry_many
 -- Put dead or cancelled jobs back in line now, granting one more attempt where they had none left (one per unique key), and wake the workers of their queues.
-WITH retried AS (
+-- A workflow's step goes back to `pending` while any of its upstream jobs is yet to end
+-- as it needs (succeeded, or ended at all for a run_anyway dependency), with upstream_left
+-- counting them and their edges unresolved, so the trigger releases it when they end (an
+-- upstream retried in the same batch counts as not ended). A pruned upstream counts as
+-- met. `ups` takes share locks on the upstream rows first, in id order: a finish of one of
+-- them in flight is waited for and its end read (a locking read sees the newest row), so
+-- an edge is never reset after the trigger resolved it, which would strand the step.
+WITH ups AS MATERIALIZED (
+    SELECT u.id, u.state FROM unbroken.jobs AS u
+    WHERE u.id IN (SELECT d.depends_on FROM unbroken.job_deps AS d
+                   WHERE d.job_id = ANY(%(ids)s::bigint[]))
+    ORDER BY u.id FOR SHARE
+),
+edges AS MATERIALIZED (
+    SELECT d.job_id, d.depends_on,
+           (u.id IS NULL OR u.state = 'succeeded'
+            OR (d.run_anyway AND u.state IN ('dead', 'cancelled'))) AS met
+    FROM unbroken.job_deps AS d LEFT JOIN ups AS u ON u.id = d.depends_on
+    WHERE d.job_id = ANY(%(ids)s::bigint[])
+),
+waiting AS (
+    SELECT job_id, count(*) FILTER (WHERE NOT met)::integer AS n FROM edges GROUP BY job_id
+),
+retried AS (
 UPDATE unbroken.jobs AS j
-SET state = 'available',
+SET state = (CASE WHEN coalesce((SELECT n FROM waiting WHERE job_id = j.id), 0) > 0
+                  THEN 'pending' ELSE 'available' END)::unbroken.job_state,
+    upstream_left = coalesce((SELECT n FROM waiting WHERE job_id = j.id), j.upstream_left),
     run_at = now(),
     finished_at = NULL,
     cancel_requested = false,
@@ -356,9 +381,18 @@ WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state IN ('dead', 'cancelled')
       SELECT 1 FROM unbroken.jobs AS newer
       WHERE j.unique_key IS NOT NULL AND newer.unique_key = j.unique_key AND newer.id > j.id
         AND newer.id = ANY(%(ids)s::bigint[]) AND newer.state IN ('dead', 'cancelled'))
-RETURNING j.id, j.queue
+  AND (SELECT count(*) FROM ups) >= 0
+RETURNING j.id, j.queue, j.state
+),
+reset AS (
+    UPDATE unbroken.job_deps AS d SET resolved = e.met
+    FROM edges AS e
+    WHERE d.job_id = e.job_id AND d.depends_on = e.depends_on
+      AND d.job_id IN (SELECT id FROM retried)
 )
-SELECT id, 'available' AS state, pg_notify('unbroken.jobs', queue) AS woken FROM retried
+SELECT id, state::text AS state,
+       CASE WHEN state = 'available' THEN pg_notify('unbroken.jobs', queue) END AS woken
+FROM retried
 
 -- name: job_get
 -- One job, every column.
