@@ -78,10 +78,11 @@ class TaskProgress:
 class Upstream:
     """One upstream job of a workflow's step, as it ended: `succeeded` with its `result`
     (its return value, decoded JSON), or `dead` or `cancelled` (result None) for a step
-    declared `run_anyway`."""
+    declared `run_anyway`; `pruned` (task and result None) when the job was deleted before
+    this step ran again (a step retried long after)."""
 
     job_id: int
-    task: str
+    task: str | None
     state: str
     result: Any
 
@@ -91,7 +92,7 @@ def parse_upstream(text: str | None) -> list[Upstream]:
     if not text:
         return []
     return [
-        Upstream(int(u["id"]), str(u["task"]), str(u["state"]), u.get("result"))
+        Upstream(int(u["id"]), u.get("task"), str(u["state"]), u.get("result"))
         for u in json.loads(text)
     ]
 
@@ -130,7 +131,7 @@ class JobContext:
     def upstream_results(self) -> list[Any]:
         """The return values of this workflow step's upstream jobs, in the order its
         dependencies were declared (None for one that ended dead or cancelled, when the
-        step runs anyway); read when the job was claimed, no query."""
+        step runs anyway, and for one pruned before the step was retried); read when the job was claimed, no query."""
         return [u.result for u in self.upstream]
 
     def check(self) -> None:

@@ -29,7 +29,9 @@ from cli_support import cli, cli_json
 from pg import Faults
 from unbroken import App, EnqueueError, Permanent, Step, current_job
 from unbroken.dashboard import create_app
+from unbroken.ops.store import OperatorStore
 from unbroken.settings import load_settings
+from unbroken.states import JobState
 from unbroken.sql import queries
 
 Q = queries()
@@ -475,3 +477,79 @@ def test_a_pending_step_cancelled_then_retried_waits_for_its_upstream(
     with running_worker(app):
         assert wait_all_final(probe, workflow_id) == {u: "succeeded", d: "succeeded"}
     assert probe.job(d)["result"] == ["src"]
+
+
+def test_a_pruned_upstream_keeps_its_place_in_a_retried_steps_upstream(
+    app: App, probe: Probe, database_url: str
+) -> None:
+    failing = {"second": True}
+
+    @app.task(name="wf.one")
+    def one() -> str:
+        return "one"
+
+    @app.task(name="wf.two")
+    def two() -> str:
+        if failing["second"]:
+            raise Permanent("first time")
+        return "two"
+
+    @app.task(name="wf.both")
+    def both() -> list[list[Any]]:
+        return [[u.task, u.state, u.result] for u in current_job().upstream]
+
+    wf = app.workflow("pruned upstream")
+    first, second = wf.step(one.job()), wf.step(two.job())
+    last = wf.step(both.job(), after=[first, second])
+    workflow_id = wf.enqueue()
+    with running_worker(app):
+        wait_all_final(probe, workflow_id)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        OperatorStore(conn).prune(0, [JobState.SUCCEEDED], 100)  # the first step goes
+    assert probe.value("SELECT count(*) FROM unbroken.jobs WHERE id = %s", [first.job_id]) == 0
+    failing["second"] = False
+    assert sorted(app.retry(second.job_id or 0, last.job_id or 0)) == [
+        second.job_id,
+        last.job_id,
+    ]
+    with running_worker(app):
+        wait_all_final(probe, workflow_id)
+    assert probe.job(last.job_id or 0)["result"] == [
+        [None, "pruned", None],
+        ["wf.two", "succeeded", "two"],
+    ]
+
+
+def test_purging_dead_letters_keeps_a_live_workflows_jobs_and_drops_their_edges(
+    app: App, probe: Probe, database_url: str
+) -> None:
+    release = threading.Event()
+
+    @app.task(name="wf.broken")
+    def broken() -> None:
+        raise Permanent("broken")
+
+    @app.task(name="wf.hold")
+    def hold() -> None:
+        release.wait(60)
+
+    wf = app.workflow("purged")
+    dead = wf.step(broken.job())
+    after_dead = wf.step(broken.job(), after=dead, run_anyway=True)
+    held = wf.step(hold.job())
+    workflow_id = wf.enqueue()
+    ends = [dead.job_id or 0, after_dead.job_id or 0]
+
+    def purge() -> int:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            return OperatorStore(conn).dead_letter_purge().changed
+
+    with running_worker(app):
+        probe.wait_state(held.job_id or 0, "running", timeout=30)
+        probe.wait_state(after_dead.job_id or 0, "dead", timeout=30)
+        assert purge() == 0  # the workflow still runs: its steps may read these
+        release.set()
+        wait_all_final(probe, workflow_id)
+    assert purge() == 2
+    assert probe.value("SELECT count(*) FROM unbroken.jobs WHERE id = ANY(%s)", [ends]) == 0
+    assert probe.value("SELECT count(*) FROM unbroken.job_deps WHERE job_id = ANY(%s)", [ends]) == 0

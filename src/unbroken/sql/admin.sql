@@ -235,12 +235,24 @@ ORDER BY task
 LIMIT 20
 
 -- name: job_delete_many
--- Delete finished jobs in the given states (never a waiting or running one); returns the ids deleted.
-DELETE FROM unbroken.jobs
-WHERE id = ANY(%(ids)s::bigint[])
-  AND state = ANY(%(states)s::text[]::unbroken.job_state[])
-  AND state IN ('succeeded', 'dead', 'cancelled')
-RETURNING id
+-- Delete finished jobs in the given states (never a waiting or running one, nor one of a workflow that still has a live job, as job_prune_finished); returns the ids deleted.
+-- A deleted step's dependency rows go with it.
+WITH deleted AS (
+    DELETE FROM unbroken.jobs AS j
+    WHERE j.id = ANY(%(ids)s::bigint[])
+      AND j.state = ANY(%(states)s::text[]::unbroken.job_state[])
+      AND j.state IN ('succeeded', 'dead', 'cancelled')
+      AND (j.workflow_id IS NULL OR NOT EXISTS (
+          SELECT 1 FROM unbroken.jobs AS live
+          WHERE live.workflow_id = j.workflow_id
+            AND live.state IN ('pending', 'scheduled', 'available', 'running', 'retryable')))
+    RETURNING j.id, j.workflow_id
+),
+deps AS (
+    DELETE FROM unbroken.job_deps
+    WHERE job_id IN (SELECT id FROM deleted WHERE workflow_id IS NOT NULL)
+)
+SELECT id FROM deleted
 
 -- name: job_finished_sample
 -- Finished jobs per queue and state, estimated from a sample of at most `pages` of the table's pages (TABLESAMPLE SYSTEM, the same pages each time while the table keeps its size), with whether the sample was the whole table (then the counts are exact). Counting millions of finished rows at every scrape and page load costs the database seconds; a sample costs the same at any size. Composed into job_count_by_state and queue_list.

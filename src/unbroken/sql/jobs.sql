@@ -86,12 +86,14 @@ RETURNING j.id, j.queue, j.task, j.args::text, j.attempt, j.max_attempts, j.prio
           j.checkpoint, j.progress, j.chunk_size, j.rescues, j.run_at, j.workflow_id,
           -- A workflow's step gets its upstream jobs' ends and results with its claim, in
           -- the order its dependencies were declared; the CASE spares every other job the
-          -- lookup.
+          -- lookup. An upstream job pruned since (a step retried later) keeps its place,
+          -- as state `pruned` with no task or result.
           CASE WHEN j.workflow_id IS NOT NULL THEN (
               SELECT jsonb_agg(jsonb_build_object(
-                         'id', u.id, 'task', u.task, 'state', u.state, 'result', u.result)
+                         'id', d.depends_on, 'task', u.task,
+                         'state', coalesce(u.state::text, 'pruned'), 'result', u.result)
                      ORDER BY d.position)::text
-              FROM unbroken.job_deps AS d JOIN unbroken.jobs AS u ON u.id = d.depends_on
+              FROM unbroken.job_deps AS d LEFT JOIN unbroken.jobs AS u ON u.id = d.depends_on
               WHERE d.job_id = j.id) END AS upstream,
           claim.token
 
