@@ -553,3 +553,47 @@ def test_purging_dead_letters_keeps_a_live_workflows_jobs_and_drops_their_edges(
     assert purge() == 2
     assert probe.value("SELECT count(*) FROM unbroken.jobs WHERE id = ANY(%s)", [ends]) == 0
     assert probe.value("SELECT count(*) FROM unbroken.job_deps WHERE job_id = ANY(%s)", [ends]) == 0
+
+
+def _workflow_rows(probe: Probe, workflow_id: int) -> int:
+    return int(probe.value("SELECT count(*) FROM unbroken.workflows WHERE id = %s", [workflow_id]))
+
+
+def test_the_prune_command_forgets_a_workflow_whose_jobs_it_deleted(
+    app: App, probe: Probe, database_url: str
+) -> None:
+    @app.task(name="wf.done")
+    def done() -> None: ...
+
+    wf = app.workflow("pruned whole")
+    wf.step(done.job(), after=wf.step(done.job()))
+    workflow_id = wf.enqueue()
+    with running_worker(app):
+        wait_all_final(probe, workflow_id)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert OperatorStore(conn).prune(0, [JobState.SUCCEEDED], 100).total == 2
+    assert _workflow_rows(probe, workflow_id) == 0
+
+
+def test_the_leader_forgets_a_workflow_whose_jobs_someone_else_deleted(
+    app: App, probe: Probe, database_url: str
+) -> None:
+    @app.task(name="wf.fails")
+    def fails() -> None:
+        raise Permanent("no")
+
+    wf = app.workflow("purged by hand")
+    wf.step(fails.job())
+    workflow_id = wf.enqueue()
+    with running_worker(app):
+        wait_all_final(probe, workflow_id)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert OperatorStore(conn).dead_letter_purge().changed == 1
+    assert _workflow_rows(probe, workflow_id) == 1
+    # The leader's pruner finds nothing to delete, and still forgets the empty workflow.
+    with running_worker(app, prune_interval=0.1):
+        wait_until(
+            lambda: _workflow_rows(probe, workflow_id) == 0,
+            timeout=15,
+            what="the leader to forget the empty workflow",
+        )

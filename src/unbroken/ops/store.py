@@ -379,6 +379,9 @@ class OperatorStore:
             run.caught_up = done < batch
             if progress is not None:
                 progress(done)
+        # Then the workflows whose jobs are all gone, as the leader's pruner does.
+        while len(self._ids("workflow_prune_empty", {"limit": batch})) == batch:
+            pass
         return run
 
     # --- statistics ---------------------------------------------------------------------

@@ -81,7 +81,10 @@ class Pruner:
             for row in rows:
                 run.deleted[row.state] = run.deleted.get(row.state, 0) + row.jobs
             run.caught_up = sum(row.jobs for row in rows) < s.prune_batch
-        if run.total:  # workflows whose last jobs this run deleted
+        if run.caught_up:
+            # Workflows whose last jobs are gone: deleted by this run, an operator's
+            # `unbroken prune` or `dlq purge`, or an earlier run that ran out of budget.
+            # One bounded delete per run; a backlog of them goes over the next runs.
             async with self._pool.connection() as conn:
                 await conn.execute(self._prune_workflows, {"limit": self._settings.prune_batch})
         for state, count in run.deleted.items():

@@ -88,10 +88,11 @@ WHERE j.workflow_id = %(id)s
 ORDER BY j.id
 
 -- name: workflow_prune_empty
--- Forget a small batch of workflows whose jobs were all pruned (never one just written: its jobs are in the same transaction).
+-- Forget a small batch of workflows whose jobs were all deleted, by a prune or by hand (never one just written: its jobs are in the same transaction); returns their ids.
 DELETE FROM unbroken.workflows
 WHERE id IN (
     SELECT w.id FROM unbroken.workflows AS w
     WHERE NOT EXISTS (SELECT 1 FROM unbroken.jobs AS j WHERE j.workflow_id = w.id)
     LIMIT %(limit)s
 )
+RETURNING id
