@@ -172,3 +172,109 @@ def test_renewals_finishes_and_cancels_racing_on_the_same_rows_never_deadlock(
     with psycopg.connect(database_url, autocommit=True) as conn:
         running = conn.execute("SELECT count(*) FROM unbroken.jobs WHERE state = 'running'")
         assert running.fetchone() == (0,)  # every outcome was written
+
+
+WORKFLOWS = 60
+# Each workflow: roots U1..U4, then D1 after [U1, U3] and D2 after [U2, U4]. One statement
+# ends {U1, U4} of every workflow, another {U2, U3}: each releases (or cancels) both D1 and
+# D2, so their triggers reach the same dependents from two sides.
+ROOTS, AFTER = 4, ((1, 3), (2, 4))
+
+
+def _enqueue_workflows(conn: psycopg.Connection[Any], n: int) -> list[list[int]]:
+    payload = json.dumps({"args": [], "kwargs": {}})
+    steps = ROOTS + len(AFTER)
+    edges = [(ROOTS + 1 + i, up, pos) for i, ups in enumerate(AFTER) for pos, up in enumerate(ups)]
+    made = []
+    for _ in range(n):
+        row = conn.execute(
+            Q["workflow_insert"],
+            {
+                "name": "lock order",
+                "queues": ["default"] * steps,
+                "tasks": ["wf"] * steps,
+                "args": [payload] * steps,
+                "priorities": [0] * steps,
+                "run_ats": [None] * steps,
+                "max_attempts": [1] * steps,
+                "upstream": [0] * ROOTS + [len(ups) for ups in AFTER],
+                "dep_steps": [e[0] for e in edges],
+                "dep_ons": [e[1] for e in edges],
+                "dep_positions": [e[2] for e in edges],
+                "dep_anyway": [False] * len(edges),
+            },
+        ).fetchone()
+        assert row is not None
+        made.append(list(row[1]))
+    return made
+
+
+@pytest.mark.parametrize("end", ["succeeded", "dead"])
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_workflow_ends_racing_on_shared_dependents_never_deadlock(
+    database_url: str, app: Any, round_: int, end: str
+) -> None:
+    """Two outcome batches, a lease rescue and a cancel reach the same pending dependents
+    through the workflow trigger, each from its own side, in random orders."""
+    rng = random.Random(round_)
+    before = _deadlocks(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        flows = _enqueue_workflows(conn, WORKFLOWS)
+        held = {h[0]: h for h in _claim(conn, "w")}
+        # A third of the workflows run out of lease: the rescue ends those roots (dead).
+        expiring = [ids[:ROOTS] for ids in flows[: WORKFLOWS // 3]]
+        conn.execute(
+            "UPDATE unbroken.jobs SET lease_expires_at = now() - interval '1 hour'"
+            " WHERE id = ANY(%s)",
+            [[i for ids in expiring for i in ids]],
+        )
+    sides = (
+        [held[ids[0]] for ids in flows] + [held[ids[3]] for ids in flows],
+        [held[ids[1]] for ids in flows] + [held[ids[2]] for ids in flows],
+    )
+
+    def finishing(side: list[tuple[int, int, str]]) -> Callable[[psycopg.Connection[Any]], None]:
+        def act(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("SET deadlock_timeout = '20ms'")
+            rows = rng.sample(side, len(side))
+            n = len(rows)
+            conn.execute(
+                Q["job_finish_many"],
+                {
+                    "worker_id": "w",
+                    "ids": [h[0] for h in rows],
+                    "attempts": [h[1] for h in rows],
+                    "states": [end] * n,
+                    "delays": [None] * n,
+                    "errors": [None] * n,
+                    "results": [None] * n,
+                    "runtimes": [1] * n,
+                    "claims": [h[2] for h in rows],
+                    "progress": None,
+                },
+            ).fetchall()
+
+        return act
+
+    def rescuing(conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SET deadlock_timeout = '20ms'")
+        conn.execute(Q["job_rescue_expired"], {"restart_grace": 0, "limit": 1000}).fetchall()
+
+    def cancelling(conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SET deadlock_timeout = '20ms'")
+        # Some roots and some dependents of every workflow, as an operator picks them.
+        ids = [i for ids in flows for i in rng.sample(ids, 3)]
+        conn.execute(Q["job_cancel_many"], {"ids": rng.sample(ids, len(ids))}).fetchall()
+
+    seen = _race(database_url, [finishing(sides[0]), finishing(sides[1]), rescuing, cancelling])
+    assert seen == []
+    assert _deadlocks(database_url) == before
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # Every end was counted once: a pending step waits for exactly its unended upstreams.
+        stranded = conn.execute(
+            """SELECT j.id FROM unbroken.jobs AS j WHERE j.state = 'pending' AND j.upstream_left
+               <> (SELECT count(*) FROM unbroken.job_deps AS d JOIN unbroken.jobs AS u
+                   ON u.id = d.depends_on WHERE d.job_id = j.id AND NOT d.resolved
+                   AND u.state NOT IN ('succeeded', 'dead', 'cancelled'))"""
+        ).fetchall()
+        assert stranded == []

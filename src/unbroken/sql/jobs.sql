@@ -114,8 +114,21 @@ RETURNING j.id, j.queue, j.task, j.args::text, j.attempt, j.max_attempts, j.prio
 -- cancels: statements that lock rows in one order cannot deadlock one another. The
 -- update's own join order is the planner's; left to it, renewals and outcome batches of
 -- one worker deadlocked 0-3 times a minute under load, each a ~1 s stall.
-WITH locked AS MATERIALIZED (
-    SELECT id FROM unbroken.jobs WHERE id = ANY(%(ids)s::bigint[])
+-- A workflow's step ending here makes the trigger jobs_workflow_settle update its pending
+-- dependents (and theirs, when it cancels them), row after row in the update's order: so
+-- `after`, those dependents (through unresolved edges), are locked in the same id-ordered
+-- pass as the batch, before any trigger runs. For a batch without workflow jobs it is one
+-- index probe of job_deps_upstream_idx per id that finds nothing.
+WITH RECURSIVE after(id) AS (
+    SELECT d.job_id FROM unbroken.job_deps AS d
+    WHERE d.depends_on = ANY(%(ids)s::bigint[]) AND NOT d.resolved
+    UNION
+    SELECT d.job_id FROM unbroken.job_deps AS d JOIN after ON d.depends_on = after.id
+    WHERE NOT d.resolved
+),
+locked AS MATERIALIZED (
+    SELECT id FROM unbroken.jobs
+    WHERE id = ANY(%(ids)s::bigint[] || ARRAY(SELECT id FROM after))
     ORDER BY id FOR NO KEY UPDATE
 ),
 updated AS (
@@ -215,13 +228,35 @@ RETURNING j.id, j.cancel_requested
 -- No lease can be renewed while the server is down, so after an outage longer than a lease
 -- every lease has run out, the live workers' too: for `restart_grace` seconds (one lease)
 -- after the server (re)started, nothing is rescued, and live workers renew first.
-WITH expired AS (
-    SELECT id, worker_id FROM unbroken.jobs
+-- Row locks in id order, with the pending dependents the trigger reaches from them (see
+-- job_finish_many), and SKIP LOCKED: the leader never waits on a row. A job whose
+-- dependent another transaction holds is left for the next tick, since its trigger would
+-- wait for that row while holding the batch's. A row that moved on since the snapshot is
+-- checked again under its lock (a job finished or renewed meanwhile is not rescued).
+WITH RECURSIVE expired AS MATERIALIZED (
+    SELECT id FROM unbroken.jobs
     WHERE state = 'running' AND lease_expires_at < now()
       AND pg_postmaster_start_time() < now() - make_interval(secs => %(restart_grace)s)
     ORDER BY lease_expires_at
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+),
+after(root, id) AS (
+    SELECT d.depends_on, d.job_id FROM unbroken.job_deps AS d
+    WHERE d.depends_on IN (SELECT id FROM expired) AND NOT d.resolved
+    UNION
+    SELECT after.root, d.job_id FROM unbroken.job_deps AS d JOIN after ON d.depends_on = after.id
+    WHERE NOT d.resolved
+),
+locked AS MATERIALIZED (
+    SELECT id, worker_id FROM unbroken.jobs
+    WHERE id = ANY(ARRAY(SELECT id FROM expired) || ARRAY(SELECT id FROM after))
+    ORDER BY id FOR NO KEY UPDATE SKIP LOCKED
+),
+expired_locked AS (
+    SELECT l.id, l.worker_id FROM locked AS l
+    WHERE l.id IN (SELECT id FROM expired)
+      AND NOT EXISTS (SELECT 1 FROM after AS a
+                      WHERE a.root = l.id AND a.id NOT IN (SELECT id FROM locked))
 )
 UPDATE unbroken.jobs AS j
 SET state = (CASE WHEN j.cancel_requested THEN 'cancelled'
@@ -237,8 +272,8 @@ SET state = (CASE WHEN j.cancel_requested THEN 'cancelled'
         'type', 'LeaseExpired', 'kind', 'rescued',
         'message', 'lease expired: worker ' || expired.worker_id || ' stopped renewing it',
         'traceback', NULL))
-FROM expired
-WHERE j.id = expired.id
+FROM expired_locked AS expired
+WHERE j.id = expired.id AND j.state = 'running' AND j.lease_expires_at < now()
 RETURNING j.id, j.state::text, expired.worker_id, j.task, j.queue, j.attempt, j.max_attempts
 
 -- name: job_get_last_error
@@ -325,9 +360,18 @@ GROUP BY j.state
 
 -- name: job_cancel_many
 -- Cancel waiting jobs at once and ask running ones to stop (they see it at their next heartbeat).
--- Row locks in id order first, as job_finish_many takes them (see there).
-WITH locked AS MATERIALIZED (
-    SELECT id FROM unbroken.jobs WHERE id = ANY(%(ids)s::bigint[])
+-- Row locks in id order first, the pending dependents the cancels reach with them, as
+-- job_finish_many takes them (see there).
+WITH RECURSIVE after(id) AS (
+    SELECT d.job_id FROM unbroken.job_deps AS d
+    WHERE d.depends_on = ANY(%(ids)s::bigint[]) AND NOT d.resolved
+    UNION
+    SELECT d.job_id FROM unbroken.job_deps AS d JOIN after ON d.depends_on = after.id
+    WHERE NOT d.resolved
+),
+locked AS MATERIALIZED (
+    SELECT id FROM unbroken.jobs
+    WHERE id = ANY(%(ids)s::bigint[] || ARRAY(SELECT id FROM after))
     ORDER BY id FOR NO KEY UPDATE
 )
 UPDATE unbroken.jobs
