@@ -597,3 +597,32 @@ def test_the_leader_forgets_a_workflow_whose_jobs_someone_else_deleted(
             timeout=15,
             what="the leader to forget the empty workflow",
         )
+
+
+def test_a_step_whose_result_the_database_refuses_ends_dead(
+    app: App, probe: Probe, database_url: str
+) -> None:
+    @app.task(name="wf.refused")
+    def refused() -> dict[str, str]:
+        return {"refuse": "me"}
+
+    @app.task(name="wf.reads")
+    def reads() -> list[Any]:
+        return current_job().upstream_results()
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # A rule of the database's own that the worker cannot check before writing.
+        conn.execute(
+            "ALTER TABLE unbroken.jobs ADD CONSTRAINT test_refuse"
+            " CHECK (result IS NULL OR NOT result ? 'refuse')"
+        )
+    wf = app.workflow("refused result")
+    first = wf.step(refused.job())
+    second = wf.step(reads.job(), after=first)
+    workflow_id = wf.enqueue()
+    lone = refused.enqueue()
+    with running_worker(app):
+        found = wait_all_final(probe, workflow_id)
+        probe.wait_state(lone, "succeeded", timeout=30)  # not a step: only the result goes
+    assert found == {first.job_id: "dead", second.job_id: "cancelled"}
+    assert probe.job(first.job_id or 0)["errors"][-1]["type"] == "ResultNotStorable"

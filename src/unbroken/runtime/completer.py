@@ -54,6 +54,7 @@ class Outcome:
     runtime_ms: int = 0
     max_attempts: int = 0  # the job's, as fetched (for the log line)
     progress: str | None = None  # JSON of the attempt's last progress report not yet written
+    workflow_id: int | None = None  # a workflow's step: its result must not be lost
 
 
 class Completer:
@@ -244,13 +245,24 @@ class Completer:
 
 
 def _without_data(outcome: Outcome, exc: BaseException) -> Outcome:
+    """The outcome without the data the row refused, and a note saying so. A workflow's
+    step that succeeded ends dead instead (ResultNotStorable, as when the worker itself
+    finds the result unstorable): its dependents would read a result that is not there."""
+    lost_result = (
+        outcome.workflow_id is not None
+        and outcome.state == JobState.SUCCEEDED
+        and outcome.result is not None
+    )
     note = json.dumps(
         {
             "attempt": outcome.attempt,
-            "type": "OutcomeNotRecordable",
+            "type": "ResultNotStorable" if lost_result else "OutcomeNotRecordable",
             "message": f"the outcome's data could not be stored: {type(exc).__name__}: {exc}",
-            "kind": outcome.kind,
+            "kind": "permanent" if lost_result else outcome.kind,
             "traceback": None,
         }
     )
-    return dataclasses.replace(outcome, error=note, result=None, progress=None)
+    changed = dataclasses.replace(outcome, error=note, result=None, progress=None)
+    if lost_result:
+        return dataclasses.replace(changed, state=JobState.DEAD, kind=OutcomeKind.DEAD)
+    return changed

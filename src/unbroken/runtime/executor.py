@@ -242,6 +242,7 @@ class Executor:
                 runtime_ms=int((time.monotonic() - started) * 1000),
                 max_attempts=ctx.max_attempts,
                 progress=None if unsent is None else unsent[1],
+                workflow_id=ctx.workflow_id,
                 **kw,
             )
 
