@@ -131,7 +131,8 @@ class JobContext:
     def upstream_results(self) -> list[Any]:
         """The return values of this workflow step's upstream jobs, in the order its
         dependencies were declared (None for one that ended dead or cancelled, when the
-        step runs anyway, and for one pruned before the step was retried); read when the job was claimed, no query."""
+        step runs anyway, and for one pruned before the step was retried); read when the
+        job was claimed, no query."""
         return [u.result for u in self.upstream]
 
     def check(self) -> None:

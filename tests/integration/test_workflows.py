@@ -31,8 +31,8 @@ from unbroken import App, EnqueueError, Permanent, Step, current_job
 from unbroken.dashboard import create_app
 from unbroken.ops.store import OperatorStore
 from unbroken.settings import load_settings
-from unbroken.states import JobState
 from unbroken.sql import queries
+from unbroken.states import JobState
 
 Q = queries()
 
