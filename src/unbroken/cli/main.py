@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from unbroken.db.conninfo import error_line
 from unbroken.db.target import Access, set_access
 from unbroken.errors import (
     ConfigError,
@@ -137,11 +138,6 @@ def setup_logging(verbose: bool = False, log_format: str | None = None) -> None:
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def main(argv: list[str] | None = None) -> None:
     _register()
     previous = set_access(LOOK_ONLY)  # the callback sets each command's; restored at the end
@@ -163,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     except usage.ClickException as exc:
-        err_console.print(f"[red]error:[/red] {escape(first_line(exc))}", soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(error_line(exc))}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Abort:  # Ctrl-C or EOF at a prompt
         err_console.print("aborted", highlight=False)
@@ -178,11 +174,11 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except psycopg.DataError as exc:  # a value no check foresaw: still the input's fault
-        line = escape(first_line(exc))
+        line = escape(error_line(exc))
         err_console.print(f"[red]error:[/red] the database refused a value: {line}", soft_wrap=True)
         sys.exit(2)
     except psycopg.errors.InsufficientPrivilege as exc:  # outside the operator store
-        line = escape(first_line(exc))
+        line = escape(error_line(exc))
         err_console.print(f"[red]error:[/red] {line} (see docs/security.md)", soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -45,7 +45,7 @@ from unbroken.dashboard.render import HERE, Renderer
 from unbroken.dashboard.security import BasicAuth, Csrf, credentials_from_env
 from unbroken.dashboard.throttle import LoginThrottle
 from unbroken.db._sync.pool import Database
-from unbroken.db.conninfo import redact
+from unbroken.db.conninfo import error_line
 from unbroken.db.stats import PoolStats
 from unbroken.errors import DatabaseUnavailable, StatementDeadline
 from unbroken.metrics import DatabaseCollector, PoolCollector
@@ -70,11 +70,6 @@ class SchemaMissing(Exception):
 
 class GrantMissing(Exception):
     """The dashboard's role lacks a grant a page needs: a 403 that says so."""
-
-
-def first_line(exc: BaseException) -> str:
-    text = redact(str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Dashboard:
@@ -139,15 +134,15 @@ class Dashboard:
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
             raise SchemaMissing(
                 f"no unbroken schema {self.settings.schema_name!r} in this database "
-                f"({first_line(exc)}): run `unbroken db migrate` (workers also migrate)"
+                f"({error_line(exc)}): run `unbroken db migrate` (workers also migrate)"
             ) from exc
         except psycopg.errors.InsufficientPrivilege as exc:
             raise GrantMissing(
-                f"{first_line(exc)}: the dashboard's role lacks a grant "
+                f"{error_line(exc)}: the dashboard's role lacks a grant "
                 "(docs/security.md lists what a read-only or operator role needs)"
             ) from exc
         except (psycopg.Error, DatabaseUnavailable, StatementDeadline) as exc:
-            raise DatabaseDown(first_line(exc)) from exc
+            raise DatabaseDown(error_line(exc)) from exc
 
     def pools(self) -> list[PoolStats]:
         return self._database.stats() if self._database is not None else []

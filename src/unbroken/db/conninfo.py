@@ -39,6 +39,12 @@ def redact(text: str) -> str:
     return _PASSWORD_IN_KV.sub(r"\1***", text)
 
 
+def error_line(exc: BaseException) -> str:
+    """An error as one line for a person to read: its first line, any password hidden."""
+    lines = redact(str(exc)).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 # Pools whose connections run the user's own statements keep the server's own settings.
 USER_ROLES = frozenset({"chunks", "tasks"})
 
