@@ -162,6 +162,7 @@ def _one(url: str, fleet: Fleet, case: str) -> dict[str, Any]:
             "run_ats": [None],
             "max_attempts": [5],
             "unique_keys": [None],
+            "limit_keys": [None],
         }
         due = conn.execute("SELECT now() + interval '200 milliseconds'").fetchone()
         assert due is not None

@@ -48,6 +48,7 @@ from unbroken.enqueue import (
     name_problem,
 )
 from unbroken.errors import ConfigError, EnqueueError, Permanent
+from unbroken.limits import KeyFunction, Limit, key_problem, make_limit
 from unbroken.periodic import CatchUp, Schedule, schedule, with_tick
 from unbroken.settings import MAX_SECONDS, Settings, load_settings
 from unbroken.sql import Queries, queries
@@ -76,6 +77,7 @@ class TaskOptions:
     unique: bool | Callable[..., str] | None = None
     permanent: Callable[[BaseException], bool] = lambda exc: isinstance(exc, Permanent)
     chunk_size: int | None = None  # default chunk size for the chunked runner
+    limit_key: KeyFunction | None = None  # flow control: the job's key (unbroken.limits)
 
 
 class Task(Generic[P, R]):
@@ -109,6 +111,8 @@ class Task(Generic[P, R]):
             options=self._enqueue_options,
             max_payload_bytes=app.settings.max_payload_bytes,
             now=_utcnow,
+            limit_key=options.limit_key,
+            key_problem=lambda key: key_problem(key, app.limits),
         )
         functools.update_wrapper(self, fn)
 
@@ -127,6 +131,7 @@ class Task(Generic[P, R]):
         delay: float | timedelta | None = None,
         unique_key: str | None = None,
         max_attempts: int | None = None,
+        limit_key: str | None = None,
         conn: Connection[Any] | AsyncConnection[Any] | None = None,
     ) -> Task[P, R]:
         """This task with per-call options; `conn` enqueues in the caller's transaction."""
@@ -138,6 +143,7 @@ class Task(Generic[P, R]):
             delay=delay if delay is not None else current.delay,
             unique_key=unique_key if unique_key is not None else current.unique_key,
             max_attempts=max_attempts if max_attempts is not None else current.max_attempts,
+            limit_key=limit_key if limit_key is not None else current.limit_key,
         )
         return Task(
             self.app,
@@ -271,6 +277,7 @@ class App:
         self.settings = settings if settings is not None else load_settings(**overrides)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, tuple[Schedule, Task[Any, Any]]] = {}
+        self.limits: dict[str, Limit] = {}
         self.queries: Queries = queries(self.settings.schema_name)
         self._target: Target | None = None
         self._db: Database | None = None
@@ -298,6 +305,7 @@ class App:
         unique: bool | Callable[..., str] | None = None,
         permanent: Sequence[type[BaseException]] | Callable[[BaseException], bool] = (),
         chunk_size: int | None = None,
+        limit_key: KeyFunction | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -314,8 +322,10 @@ class App:
         unique: bool | Callable[..., str] | None = None,
         permanent: Sequence[type[BaseException]] | Callable[[BaseException], bool] = (),
         chunk_size: int | None = None,
+        limit_key: KeyFunction | None = None,
     ) -> Any:
-        """Register `fn` as a task; use bare (`@app.task`) or with options."""
+        """Register `fn` as a task; use bare (`@app.task`) or with options. `limit_key` is a
+        function of the arguments naming the job's flow-control key (see `App.limit`)."""
 
         def register(f: Callable[P, R]) -> Task[P, R]:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
@@ -327,6 +337,11 @@ class App:
             problem = _option_problem(queue, priority, max_attempts, timeout, chunk_size)
             if problem is not None:
                 raise ConfigError(f"task {task_name}: {problem}")
+            if limit_key is not None and not callable(limit_key):
+                raise ConfigError(
+                    f"task {task_name}: limit_key must be a function of the task's arguments "
+                    f"(per call: .using(limit_key=...)), got {limit_key!r}"
+                )
             options = TaskOptions(
                 name=task_name,
                 queue=queue,
@@ -337,6 +352,7 @@ class App:
                 unique=unique,
                 permanent=_permanent_classifier(permanent),
                 chunk_size=chunk_size,
+                limit_key=limit_key,
             )
             task = Task(self, f, options)
             self.tasks[task_name] = task
@@ -386,6 +402,24 @@ class App:
             return task
 
         return register
+
+    def limit(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate: int | None = None,
+        per: float | None = None,
+    ) -> Limit:
+        """Declare a flow-control limit for every key `name:...`: at most `concurrency` of a
+        key's jobs running at once across all workers, at most `rate` claimed per `per`
+        seconds. Jobs get a key from their task's `limit_key=` or `.using(limit_key=...)`;
+        workers record the limits when they start, and enforce them at fetch."""
+        limit = make_limit(name, concurrency, rate, per)
+        if name in self.limits and self.limits[name] != limit:
+            raise ConfigError(f"limit {name!r} is declared twice, differently")
+        self.limits[name] = limit
+        return limit
 
     # --- enqueue ---------------------------------------------------------------------------
     def enqueue_many(

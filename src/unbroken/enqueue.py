@@ -61,6 +61,7 @@ class EnqueueOptions:
     delay: float | timedelta | None = None
     unique_key: str | None = None
     max_attempts: int | None = None
+    limit_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -79,6 +80,7 @@ class JobSpec:
     run_at: datetime | None
     max_attempts: int
     unique_key: str | None
+    limit_key: str | None = None  # flow control: unbroken.limits
 
     def __post_init__(self) -> None:
         problem, self.args = spec_problem(self)
@@ -94,6 +96,7 @@ class JobSpec:
             "run_at": self.run_at,
             "max_attempts": self.max_attempts,
             "unique_key": self.unique_key,
+            "limit_key": self.limit_key,
         }
 
 
@@ -128,9 +131,18 @@ def spec_problem(spec: JobSpec) -> tuple[str | None, str]:
             problem = f"unique_key must be a string, got {type(spec.unique_key).__name__}"
         else:
             problem = unique_key_problem(spec.unique_key)
+    if problem is None and spec.limit_key is not None:
+        problem = _limit_key_problem(spec.limit_key)
     if problem is None:
         problem, args = _args_problem(args)
     return (None if problem is None else f"task {task}: {problem}"), args
+
+
+def _limit_key_problem(key: object) -> str | None:
+    """The database's own bounds on a limit key (which limit governs it is the app's to say)."""
+    if not isinstance(key, str):
+        return f"limit_key must be a string, got {type(key).__name__}"
+    return name_problem("limit key", key, 255)
 
 
 def _number_problem(what: str, value: object, low: int, high: int) -> str | None:
@@ -373,6 +385,9 @@ class JobMaker:
         "attempts",
         "check",
         "delay",
+        "key_problem",
+        "limit_key",
+        "limit_key_fn",
         "max_payload_bytes",
         "now",
         "priority",
@@ -397,8 +412,13 @@ class JobMaker:
         options: EnqueueOptions,
         max_payload_bytes: int,
         now: Callable[[], datetime],
+        limit_key: Callable[..., str] | None = None,
+        key_problem: Callable[[object], str | None] = lambda key: None,
     ) -> None:
         self.task = task
+        self.limit_key = options.limit_key
+        self.limit_key_fn = limit_key if options.limit_key is None else None
+        self.key_problem = key_problem
         self.check = check
         self.max_payload_bytes = max_payload_bytes
         self.now = now
@@ -536,7 +556,15 @@ class JobMaker:
                 run_at = self.now() + self.delay
             except OverflowError:
                 raise EnqueueError(self._too_far()) from None
-        return _Checked(self.queue, task, payload, prio, run_at, self.attempts, key)
+        limit_key = self.limit_key
+        if self.limit_key_fn is not None:
+            limit_key = self.limit_key_fn(*args, **kwargs)
+        if limit_key is not None:
+            # Checked per call: the app may declare its limits after its tasks.
+            problem = self.key_problem(limit_key)
+            if problem is not None:
+                raise EnqueueError(f"task {task}: {problem}")
+        return _Checked(self.queue, task, payload, prio, run_at, self.attempts, key, limit_key)
 
 
 def many_params(rows: Sequence[JobSpec]) -> dict[str, Any]:
@@ -549,6 +577,7 @@ def many_params(rows: Sequence[JobSpec]) -> dict[str, Any]:
         "run_ats": [r.run_at for r in rows],
         "max_attempts": [r.max_attempts for r in rows],
         "unique_keys": [r.unique_key for r in rows],
+        "limit_keys": [r.limit_key for r in rows],
     }
 
 

@@ -156,6 +156,7 @@ class Workflow:
             "run_ats": [s.job.run_at for s in steps],
             "max_attempts": [s.job.max_attempts for s in steps],
             "upstream": [len(s.upstream) for s in steps],
+            "limit_keys": [s.job.limit_key for s in steps],
             "dep_steps": [s.index for s, _, _ in edges],
             "dep_ons": [up.index for _, up, _ in edges],
             "dep_positions": [pos for _, _, pos in edges],

@@ -79,7 +79,7 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: f
 FETCH_CALLS = (
     "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
     " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-    " AND query LIKE 'WITH picked AS%'"
+    " AND (query LIKE 'WITH picked AS%' OR query LIKE 'WITH open_queues AS%')"  # both fetches
 )
 
 
@@ -330,6 +330,7 @@ def insert_jobs(
             "run_ats": [None] * n,
             "max_attempts": [max_attempts] * n,
             "unique_keys": [None] * n,
+            "limit_keys": [None] * n,
         },
     )
     return [int(r["id"]) for r in rows]

@@ -48,6 +48,7 @@ def _enqueue(conn: psycopg.Connection[Any]) -> None:
             "run_ats": [None] * JOBS,
             "max_attempts": [5] * JOBS,
             "unique_keys": [None] * JOBS,
+            "limit_keys": [None] * JOBS,
         },
     )
 

@@ -69,6 +69,7 @@ def insert_params(new: NewJob) -> dict[str, Any]:
         "priority": new.priority,
         "max_attempts": new.max_attempts,
         "unique_key": new.unique_key,
+        "limit_key": None,
     }
 
 
@@ -122,6 +123,7 @@ class TransitionMachine(RuleBasedStateMachine):
                 "run_ats": [p["run_at"] for p in params],
                 "max_attempts": [p["max_attempts"] for p in params],
                 "unique_keys": [p["unique_key"] for p in params],
+                "limit_keys": [None for _ in params],
             },
         )
         ids = [r[0] for r in got]

@@ -42,6 +42,7 @@ CREATE TABLE unbroken.jobs (
     finished_at      timestamptz,
     workflow_id      bigint,   -- its workflow (0007), NULL for a job enqueued alone
     upstream_left    integer,  -- a pending step: how many upstream jobs it still waits for
+    limit_key        text,  -- flow control (0010): "name:anything", limited by flow_limits(name)
     CONSTRAINT jobs_names_not_empty CHECK (length(queue) BETWEEN 1 AND 128 AND length(task) BETWEEN 1 AND 255),
     CONSTRAINT jobs_attempt_bounds CHECK (max_attempts >= 1 AND attempt >= 0 AND attempt <= max_attempts),
     CONSTRAINT jobs_finished_iff_final CHECK (
@@ -60,7 +61,8 @@ CREATE TABLE unbroken.jobs (
         END),
     -- Text, not the enum: 0007 adds 'pending' and a migration may not use it yet.
     CONSTRAINT jobs_pending_waits_upstream CHECK (
-        state::text <> 'pending' OR coalesce(upstream_left, 0) >= 1)
+        state::text <> 'pending' OR coalesce(upstream_left, 0) >= 1),
+    CONSTRAINT jobs_limit_key_length CHECK (limit_key IS NULL OR length(limit_key) BETWEEN 1 AND 255)
 ) WITH (
     -- The table churns its whole live set: vacuum (and analyze) it early and fast (0008,
     -- docs/retention.md).
@@ -71,9 +73,12 @@ CREATE TABLE unbroken.jobs (
     autovacuum_vacuum_cost_limit = 2000
 );
 
--- The fetch walks this index in order: priority first (larger runs first), then age.
+-- The fetch walks this index in order: priority first (larger runs first), then age; jobs
+-- with a limit key in the second (0010).
 CREATE INDEX jobs_fetch_idx ON unbroken.jobs (queue, priority DESC, run_at, id)
-    WHERE state = 'available';
+    WHERE state = 'available' AND limit_key IS NULL;
+CREATE INDEX jobs_fetch_keyed_idx ON unbroken.jobs (queue, priority DESC, run_at, id)
+    INCLUDE (limit_key) WHERE state = 'available' AND limit_key IS NOT NULL;
 -- Every state change is a non-HOT update (state is in these predicates), so each index a
 -- row enters costs a write per change; no index covers every row but the primary key.
 -- Counts by queue and state read the partial indexes below, which INCLUDE what they need.
@@ -99,6 +104,13 @@ CREATE INDEX jobs_finished_state_idx ON unbroken.jobs (state, id) INCLUDE (queue
 CREATE FUNCTION unbroken.notify_available() RETURNS trigger LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- A keyed job's key gets the row the fetch locks (0010).
+    INSERT INTO unbroken.limit_keys (key)
+    SELECT DISTINCT n.limit_key FROM new_jobs AS n
+    WHERE n.limit_key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM unbroken.limit_keys AS k WHERE k.key = n.limit_key)
+    ORDER BY 1
+    ON CONFLICT (key) DO NOTHING;
     PERFORM pg_notify('unbroken.jobs', q.queue)
     FROM (SELECT DISTINCT queue FROM new_jobs WHERE state = 'available') AS q;
     RETURN NULL;
@@ -258,6 +270,37 @@ BEGIN
 END;
 $$;
 
+-- Flow control (0010): limits declared in code and registered by workers (flow_limits);
+-- per key, its running jobs and its claims in the current and previous rate windows
+-- (limit_keys), locked by the fetch and moved, under that lock, only by the three
+-- statements that move jobs into or out of 'running' (see 0010).
+CREATE TABLE unbroken.flow_limits (
+    name          text PRIMARY KEY,
+    concurrency   integer CHECK (concurrency IS NULL OR concurrency >= 1),
+    rate          integer CHECK (rate IS NULL OR rate >= 1),
+    period        float8 CHECK (period IS NULL OR period > 0),
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT flow_limits_rate_has_period CHECK ((rate IS NULL) = (period IS NULL))
+);
+
+CREATE TABLE unbroken.limit_keys (
+    key          text PRIMARY KEY,
+    running      integer NOT NULL DEFAULT 0 CHECK (running >= 0),
+    window_start timestamptz,
+    claims       integer NOT NULL DEFAULT 0 CHECK (claims >= 0),
+    prev_claims  integer NOT NULL DEFAULT 0 CHECK (prev_claims >= 0),
+    -- No claim before this: 'infinity' while the key runs its concurrency, the end of the
+    -- window while its rate is spent. A hint for the fetch's walk (which passes over the
+    -- jobs of a closed key without locking them); the limits are checked under the lock.
+    closed_until timestamptz
+);
+
+-- The start of the rate window `ts` falls in: windows of `period` seconds from the epoch.
+CREATE FUNCTION unbroken.limit_window(ts timestamptz, period float8) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN to_timestamp(floor(extract(epoch FROM ts) / period) * period);
+
 CREATE TRIGGER jobs_workflow_settle AFTER UPDATE OF state ON unbroken.jobs
     FOR EACH ROW
     WHEN (NEW.workflow_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state
@@ -269,4 +312,4 @@ CREATE TABLE unbroken.migrations (
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows'), (8, 'jobs_autovacuum'), (9, 'finished_list_indexes');
+INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows'), (8, 'jobs_autovacuum'), (9, 'finished_list_indexes'), (10, 'flow_limits');

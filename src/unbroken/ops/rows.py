@@ -181,6 +181,7 @@ class JobDetail(_HasState):
     attempted_at: datetime | None
     finished_at: datetime | None
     now: datetime  # the database's clock when read, so ages agree with the rows
+    limit_key: str | None = None  # flow control (unbroken.limits)
 
     @classmethod
     def from_row(cls, *, errors: Any, now: datetime, **columns: Any) -> JobDetail:

@@ -8,6 +8,8 @@
 - Pruner (runtime/pruner.py): finished jobs older than the retention are deleted in
   batches until caught up, within a time budget per tick; behind, it runs at every tick.
   Never those of a workflow that still has a live job; then workflows left without jobs.
+- Limit keys (flow control): a key whose count of running jobs differs from its running
+  jobs (a hand edit of a keyed job's state) is recounted under its lock every minute.
 - Workers whose heartbeat stopped a lease ago are forgotten with every rescue, so a killed
   worker's registration goes within a lease and a rescue interval (a live one forgotten
   while it could not beat registers again with its next heartbeat).
@@ -28,6 +30,7 @@ from unbroken.sql import Queries
 
 logger = logging.getLogger("unbroken.maintenance")
 BATCH = 1000
+LIMIT_RECOUNT_INTERVAL = 60.0  # seconds; the fetch, finish and rescue keep counts exact
 
 
 class Maintenance:
@@ -61,6 +64,8 @@ class Maintenance:
             await self.forget_silent_workers()
         if self._due("promote", s.promote_interval):
             await self.promote()
+        if self._due("limits", LIMIT_RECOUNT_INTERVAL):
+            await self.recount_limit_keys()
         if self._due("prune", s.prune_interval) and not (await self.pruner.run()).caught_up:
             self._next["prune"] = 0.0  # behind: again at the next tick
 
@@ -79,6 +84,22 @@ class Maintenance:
         if rows:
             await self.promote()  # rescued jobs are due now: make them available at once
         return len(rows)
+
+    async def recount_limit_keys(self) -> int:
+        """Correct the keys whose running count drifted from their running jobs; returns
+        how many were corrected (each is logged: a drift means a hand edit)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(self._q["limit_keys_drifted"])
+            keys = [row[0] for row in await cur.fetchall()]
+            if not keys:
+                return 0
+            async with conn.transaction():
+                await conn.execute(self._q["limit_keys_lock"], {"keys": keys})
+                cur = await conn.execute(self._q["limit_keys_recount"], {"keys": keys})
+                corrected = await cur.fetchall()
+        for key, was, now in corrected:
+            logger.warning("limit key %s counted %d running jobs, has %d: corrected", key, was, now)
+        return len(corrected)
 
     async def promote(self) -> int:
         async with self._pool.connection() as conn:

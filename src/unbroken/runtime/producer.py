@@ -60,6 +60,12 @@ class Producer:
         self.last_fetch_empty = False
         self.fetches = 0
 
+    def enforce_limits(self, queries: Queries) -> None:
+        """Fetch jobs with a limit key too, within their limits (unbroken.limits). Without
+        it the fetch is the one of a database without flow control: it leaves keyed jobs to
+        workers that enforce their limits."""
+        self._sql = queries["job_get_available_keyed"]
+
     async def run(self) -> None:
         backlog = True  # look once at start-up without waiting for a notification
         errors = Backoff(BackoffPolicy(0.1, 5.0))

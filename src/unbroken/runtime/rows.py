@@ -114,11 +114,12 @@ class RescuedJob(NamedTuple):
 
 
 def _rescued(values: Sequence[Any]) -> RescuedJob:
-    id, state, worker_id, task, queue, attempt, max_attempts = values
+    id, state, worker_id, task, queue, attempt, max_attempts, _woken = values
     return RescuedJob(id, _STATE[state], worker_id, task, queue, attempt, max_attempts)
 
 
-RESCUED_JOB = row_factory(_rescued, RescuedJob._fields)
+# The last column is the wake-up of a full key's queue (job_rescue_expired), nothing to read.
+RESCUED_JOB = row_factory(_rescued, (*RescuedJob._fields, None))
 
 
 class PromotedQueue(NamedTuple):

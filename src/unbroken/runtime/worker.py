@@ -127,6 +127,13 @@ class Worker:
         if self.app.schedules:  # every worker checks them, not only the leader
             scheduler = Scheduler(pool, queries, list(self.app.schedules.values()), s)
             await scheduler.register()
+        async with pool.connection() as conn:  # before the first fetch: it enforces them
+            for limit in self.app.limits.values():
+                await conn.execute(queries["flow_limit_register"], limit.params())
+            cur = await conn.execute(queries["flow_limit_any"])
+            row = await cur.fetchone()
+        if row is not None and row[0]:
+            producer.enforce_limits(queries)
         self._observe(adb)
 
         background = [

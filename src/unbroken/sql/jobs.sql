@@ -6,12 +6,13 @@
 -- name: job_insert
 -- Enqueue one job; if a live job holds the same unique key, return that one instead.
 WITH inserted AS (
-    INSERT INTO unbroken.jobs (queue, task, args, state, priority, run_at, max_attempts, unique_key)
+    INSERT INTO unbroken.jobs (queue, task, args, state, priority, run_at, max_attempts, unique_key, limit_key)
     VALUES (
         %(queue)s, %(task)s, %(args)s,
         (CASE WHEN coalesce(%(run_at)s::timestamptz, now()) <= now()
               THEN 'available' ELSE 'scheduled' END)::unbroken.job_state,
-        %(priority)s, coalesce(%(run_at)s::timestamptz, now()), %(max_attempts)s, %(unique_key)s)
+        %(priority)s, coalesce(%(run_at)s::timestamptz, now()), %(max_attempts)s, %(unique_key)s,
+        %(limit_key)s)
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
         DO NOTHING
@@ -26,18 +27,19 @@ WHERE unique_key = %(unique_key)s::text
 LIMIT 1
 
 -- name: job_insert_many
--- Enqueue a batch in one statement; rows whose unique key is live are skipped (only inserted ids come back).
+-- Enqueue a batch in one statement (unique or limit keys: COPY cannot upsert, nor carry a limit key); rows whose unique key is live are skipped (only inserted ids come back).
 WITH input AS (
     SELECT * FROM unnest(
         %(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
-        %(run_ats)s::timestamptz[], %(max_attempts)s::int[], %(unique_keys)s::text[]
-    ) WITH ORDINALITY AS i(queue, task, args, priority, run_at, max_attempts, unique_key, n)
+        %(run_ats)s::timestamptz[], %(max_attempts)s::int[], %(unique_keys)s::text[],
+        %(limit_keys)s::text[]
+    ) WITH ORDINALITY AS i(queue, task, args, priority, run_at, max_attempts, unique_key, limit_key, n)
 ),
 inserted AS (
-    INSERT INTO unbroken.jobs (queue, task, args, state, priority, run_at, max_attempts, unique_key)
+    INSERT INTO unbroken.jobs (queue, task, args, state, priority, run_at, max_attempts, unique_key, limit_key)
     SELECT queue, task, args,
            (CASE WHEN coalesce(run_at, now()) <= now() THEN 'available' ELSE 'scheduled' END)::unbroken.job_state,
-           priority, coalesce(run_at, now()), max_attempts, unique_key
+           priority, coalesce(run_at, now()), max_attempts, unique_key, limit_key
     FROM input ORDER BY n
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
@@ -59,12 +61,15 @@ SELECT id FROM inserted ORDER BY id
 -- attempt number, perhaps to the same worker while it still runs the first claim.
 -- args comes back as text, decoded by the worker one row at a time: a row no decoder can
 -- read must go dead alone, not fail the whole batch's fetch.
+-- Jobs with a limit key (0010) are not in jobs_fetch_idx: `limit_key IS NULL` is its
+-- predicate, so the plan and its cost are those of a table without keys.
+-- job_get_available_keyed is this worker's statement instead when limits are declared.
 WITH picked AS (
     SELECT c.id
     FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM unbroken.jobs
-        WHERE state = 'available' AND queue = q.name
+        WHERE state = 'available' AND queue = q.name AND limit_key IS NULL
         ORDER BY priority DESC, run_at, id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -72,6 +77,136 @@ WITH picked AS (
     WHERE q.name NOT IN (SELECT name FROM unbroken.queues WHERE paused)
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT %(limit)s
+),
+claim AS (SELECT now()::text AS token)
+UPDATE unbroken.jobs AS j
+SET state = 'running',
+    attempt = j.attempt + 1,
+    worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease)s),
+    attempted_at = now()
+FROM picked, claim
+WHERE j.id = picked.id
+RETURNING j.id, j.queue, j.task, j.args::text, j.attempt, j.max_attempts, j.priority,
+          j.checkpoint, j.progress, j.chunk_size, j.rescues, j.run_at, j.workflow_id,
+          -- A workflow's step gets its upstream jobs' ends and results with its claim, in
+          -- the order its dependencies were declared; the CASE spares every other job the
+          -- lookup. An upstream job pruned since (a step retried later) keeps its place,
+          -- as state `pruned` with no task or result.
+          CASE WHEN j.workflow_id IS NOT NULL THEN (
+              SELECT jsonb_agg(jsonb_build_object(
+                         'id', d.depends_on, 'task', u.task,
+                         'state', coalesce(u.state::text, 'pruned'), 'result', u.result)
+                     ORDER BY d.position)::text
+              FROM unbroken.job_deps AS d LEFT JOIN unbroken.jobs AS u ON u.id = d.depends_on
+              WHERE d.job_id = j.id) END AS upstream,
+          claim.token
+
+-- name: job_get_available_keyed
+-- Claim as job_get_available does, and also jobs with a limit key, within their keys' limits: a worker whose app declares limits (or whose database has any) fetches with this.
+-- The claim token, RETURNING list and jobs without a key: as in job_get_available.
+-- Jobs with a limit key (0010) are walked apart, in jobs_fetch_keyed_idx; jobs without one
+-- as job_get_available walks them. The keyed walk passes over jobs whose key was at its
+-- limit in this statement's snapshot (a hint, one primary-key probe per job walked), locks
+-- the rest, then locks their keys' rows in key order, SKIP LOCKED: a key another worker is
+-- claiming or finishing right now is left for the next fetch, never waited for. A locked
+-- row is read at its newest version, so `room` (what the key's concurrency and rate windows
+-- allow now) counts every claim committed before it; each key's first `room` candidates, in
+-- priority order, join the others. `counted` then moves the claimed keys' counters, once
+-- per key, in this statement: a key's count changes only in the statements that move its
+-- jobs into or out of 'running' (this one, job_finish_many, job_rescue_expired), under the
+-- key row's lock.
+WITH keyed AS (
+    SELECT c.id, c.priority, c.run_at, c.limit_key
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at, j.limit_key FROM unbroken.jobs AS j
+        WHERE j.state = 'available' AND j.queue = q.name AND j.limit_key IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM unbroken.limit_keys AS k
+                          WHERE k.key = j.limit_key AND k.closed_until > now())
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT %(limit)s
+        FOR UPDATE OF j SKIP LOCKED
+    ) AS c
+    WHERE q.name NOT IN (SELECT name FROM unbroken.queues WHERE paused)
+),
+-- The keys walked, locked and read at their newest version: what each allows now (`room`),
+-- and the rate window now() falls in.
+slots AS (
+    SELECT k.key, k.running, k.claims, k.prev_claims, k.window_start, l.concurrency, l.rate,
+           l.period, w.now_start,
+           least(coalesce(l.concurrency - k.running, %(limit)s),
+                 CASE WHEN l.rate IS NULL THEN %(limit)s
+                      ELSE l.rate - (CASE
+                          WHEN k.window_start = w.now_start THEN k.claims
+                          WHEN k.window_start = w.now_start + make_interval(secs => l.period)
+                              THEN k.prev_claims
+                          WHEN k.window_start > w.now_start THEN l.rate
+                          ELSE 0 END)
+                 END) AS room
+    FROM unbroken.limit_keys AS k
+    LEFT JOIN unbroken.flow_limits AS l ON l.name = split_part(k.key, ':', 1)
+    CROSS JOIN LATERAL (SELECT unbroken.limit_window(now(), l.period) AS now_start) AS w
+    -- = ANY(ARRAY(...)): primary-key probes for the few keys walked, where an IN list
+    -- let the planner read all of limit_keys
+    WHERE k.key = ANY(ARRAY(SELECT limit_key FROM keyed))
+    ORDER BY k.key
+    FOR NO KEY UPDATE OF k SKIP LOCKED
+),
+picked AS MATERIALIZED (
+    SELECT c.id, c.priority, c.run_at, NULL::text AS limit_key
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM unbroken.jobs
+        WHERE state = 'available' AND queue = q.name AND limit_key IS NULL
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE q.name NOT IN (SELECT name FROM unbroken.queues WHERE paused)
+    UNION ALL
+    -- each key's first `room` candidates, in priority order
+    SELECT r.id, r.priority, r.run_at, r.limit_key FROM (
+        SELECT keyed.id, keyed.priority, keyed.run_at, keyed.limit_key, slots.room,
+               row_number() OVER (PARTITION BY keyed.limit_key
+                                  ORDER BY keyed.priority DESC, keyed.run_at, keyed.id) AS n
+        FROM keyed JOIN slots ON slots.key = keyed.limit_key
+    ) AS r
+    WHERE r.n <= r.room
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+),
+-- Each claimed key: one more running job per claim, and the claims counted in the rate
+-- window now() falls in. A claim whose statement began just before a window turned can
+-- take the key's lock after a claim of the new window: it counts in prev_claims, the
+-- window before's. `slots` holds these rows' locks, so its values are theirs now.
+counted AS (
+    UPDATE unbroken.limit_keys AS k
+    SET running = n.running, claims = n.claims, prev_claims = n.prev_claims,
+        window_start = n.window_start,
+        closed_until = CASE WHEN n.running >= n.concurrency THEN 'infinity'
+                            WHEN n.claims >= n.rate AND n.window_start = n.now_start
+                                THEN n.now_start + make_interval(secs => n.period)
+                       END
+    FROM (
+        SELECT s.key, s.concurrency, s.rate, s.period, s.now_start,
+               s.running + c.claims AS running,
+               CASE WHEN s.now_start > s.window_start THEN
+                        CASE WHEN s.window_start = s.now_start - make_interval(secs => s.period)
+                             THEN s.claims ELSE 0 END
+                    WHEN s.now_start < s.window_start THEN s.prev_claims + c.claims
+                    ELSE s.prev_claims END AS prev_claims,
+               CASE WHEN s.now_start IS NULL THEN s.claims
+                    WHEN s.window_start IS NULL OR s.now_start > s.window_start THEN c.claims
+                    WHEN s.now_start = s.window_start THEN s.claims + c.claims
+                    ELSE s.claims END AS claims,
+               CASE WHEN s.now_start IS NULL THEN s.window_start
+                    ELSE greatest(s.window_start, s.now_start) END AS window_start
+        FROM (SELECT limit_key, count(*)::int AS claims FROM picked
+              WHERE limit_key IS NOT NULL GROUP BY limit_key) AS c
+        JOIN slots AS s ON s.key = c.limit_key
+    ) AS n
+    WHERE k.key = n.key
 ),
 claim AS (SELECT now()::text AS token)
 UPDATE unbroken.jobs AS j
@@ -127,9 +262,16 @@ WITH RECURSIVE after(id) AS (
     WHERE NOT d.resolved
 ),
 locked AS MATERIALIZED (
-    SELECT id FROM unbroken.jobs
+    SELECT id, limit_key FROM unbroken.jobs
     WHERE id = ANY(%(ids)s::bigint[] || ARRAY(SELECT id FROM after))
     ORDER BY id FOR NO KEY UPDATE
+),
+-- Then the rows of their limit keys (0010), in key order, as every statement that locks
+-- them does (the fetch skips a locked one). A batch without keyed jobs locks none.
+keys_locked AS MATERIALIZED (
+    SELECT key, closed_until FROM unbroken.limit_keys
+    WHERE key = ANY(ARRAY(SELECT limit_key FROM locked WHERE limit_key IS NOT NULL))
+    ORDER BY key FOR NO KEY UPDATE
 ),
 updated AS (
     UPDATE unbroken.jobs AS j
@@ -168,8 +310,23 @@ updated AS (
     ) WITH ORDINALITY AS o(id, attempt, state, delay, error, result, runtime_ms, claim, progress, n)
     WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
       AND j.worker_id = %(worker_id)s AND j.attempted_at = o.claim
-      AND (SELECT count(*) FROM locked) >= 0
-    RETURNING j.id, j.state::text AS state, j.queue, j.task, o.runtime_ms, o.n
+      AND (SELECT count(*) FROM locked) >= 0 AND (SELECT count(*) FROM keys_locked) >= 0
+    RETURNING j.id, j.state::text AS state, j.queue, j.task, o.runtime_ms, o.n, j.limit_key
+),
+-- Every outcome moves its job out of 'running': its key's count of running jobs drops
+-- here, in the statement that moves it, once per key (see limit_keys in 0010).
+-- A key that was full ('infinity') has room again (its rate window, if spent, is checked
+-- by the fetch under the lock).
+released AS (
+    UPDATE unbroken.limit_keys AS k
+    SET running = greatest(k.running - r.jobs, 0),
+        closed_until = CASE WHEN r.was_full THEN NULL ELSE k.closed_until END
+    FROM (SELECT u.limit_key, count(*)::int AS jobs,
+                 bool_or(kl.closed_until = 'infinity') AS was_full
+          FROM updated AS u JOIN keys_locked AS kl ON kl.key = u.limit_key
+          GROUP BY u.limit_key) AS r
+    WHERE k.key = r.limit_key
+    RETURNING k.key, r.was_full
 ),
 counted AS (
     INSERT INTO unbroken.stats_minutely AS s (minute, queue, task, succeeded, failed, dead, runtime_ms)
@@ -188,8 +345,13 @@ counted AS (
 )
 -- A job handed back at shutdown can run now: wake the workers of its queue, or it would
 -- wait for their next poll (the server sends one notification per queue per transaction).
+-- So does the end of a job whose key was full: jobs of that key may wait for the room.
 -- `n` is the outcome's place in the batch: two outcomes of one job (two claims) can share one.
-SELECT id, state, CASE WHEN state = 'available' THEN pg_notify('unbroken.jobs', queue) END, n
+SELECT id, state,
+       CASE WHEN state = 'available'
+                 OR limit_key IN (SELECT key FROM released WHERE was_full)
+            THEN pg_notify('unbroken.jobs', queue) END,
+       n
 FROM updated
 
 -- name: lease_renew_many
@@ -257,7 +419,15 @@ expired_locked AS (
     WHERE l.id IN (SELECT id FROM expired)
       AND NOT EXISTS (SELECT 1 FROM after AS a
                       WHERE a.root = l.id AND a.id NOT IN (SELECT id FROM locked))
-)
+),
+-- Their limit keys' rows in key order, as job_finish_many locks them (see there).
+keys_locked AS MATERIALIZED (
+    SELECT key, closed_until FROM unbroken.limit_keys
+    WHERE key = ANY(ARRAY(SELECT limit_key FROM unbroken.jobs
+                          WHERE id IN (SELECT id FROM expired_locked) AND limit_key IS NOT NULL))
+    ORDER BY key FOR NO KEY UPDATE
+),
+rescued AS (
 UPDATE unbroken.jobs AS j
 SET state = (CASE WHEN j.cancel_requested THEN 'cancelled'
                   WHEN j.attempt >= j.max_attempts THEN 'dead'
@@ -274,7 +444,26 @@ SET state = (CASE WHEN j.cancel_requested THEN 'cancelled'
         'traceback', NULL))
 FROM expired_locked AS expired
 WHERE j.id = expired.id AND j.state = 'running' AND j.lease_expires_at < now()
-RETURNING j.id, j.state::text, expired.worker_id, j.task, j.queue, j.attempt, j.max_attempts
+  AND (SELECT count(*) FROM keys_locked) >= 0
+RETURNING j.id, j.state::text AS state, expired.worker_id, j.task, j.queue, j.attempt,
+          j.max_attempts, j.limit_key
+),
+-- A rescued job leaves 'running': its key's count drops, as in job_finish_many.
+released AS (
+    UPDATE unbroken.limit_keys AS k
+    SET running = greatest(k.running - r.jobs, 0),
+        closed_until = CASE WHEN r.was_full THEN NULL ELSE k.closed_until END
+    FROM (SELECT u.limit_key, count(*)::int AS jobs,
+                 bool_or(kl.closed_until = 'infinity') AS was_full
+          FROM rescued AS u JOIN keys_locked AS kl ON kl.key = u.limit_key
+          GROUP BY u.limit_key) AS r
+    WHERE k.key = r.limit_key
+    RETURNING k.key, r.was_full
+)
+SELECT id, state, worker_id, task, queue, attempt, max_attempts,
+       CASE WHEN limit_key IN (SELECT key FROM released WHERE was_full)
+            THEN pg_notify('unbroken.jobs', queue) END
+FROM rescued
 
 -- name: job_get_last_error
 -- The newest record of a job's errors: a worker that does not know the job's task counts its repeats from it.
@@ -444,7 +633,7 @@ FROM retried
 -- One job, every column.
 SELECT id, queue, task, args, state::text AS state, priority, run_at, attempt, max_attempts,
        unique_key, worker_id, lease_expires_at, rescues, cancel_requested, errors, checkpoint,
-       progress, chunk_size, result, created_at, attempted_at, finished_at
+       progress, chunk_size, result, created_at, attempted_at, finished_at, limit_key
 FROM unbroken.jobs WHERE id = %(id)s
 
 -- name: job_reserve_ids

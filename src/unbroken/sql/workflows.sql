@@ -14,19 +14,20 @@ steps AS MATERIALIZED (
     SELECT s.*, pg_catalog.nextval('unbroken.jobs_id_seq'::regclass) AS id
     FROM unnest(
         %(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[], %(priorities)s::smallint[],
-        %(run_ats)s::timestamptz[], %(max_attempts)s::int[], %(upstream)s::int[]
-    ) WITH ORDINALITY AS s(queue, task, args, priority, run_at, max_attempts, upstream, n)
+        %(run_ats)s::timestamptz[], %(max_attempts)s::int[], %(upstream)s::int[],
+        %(limit_keys)s::text[]
+    ) WITH ORDINALITY AS s(queue, task, args, priority, run_at, max_attempts, upstream, limit_key, n)
     ORDER BY s.n
 ),
 jobs AS (
     INSERT INTO unbroken.jobs (id, queue, task, args, state, priority, run_at, max_attempts,
-                               workflow_id, upstream_left)
+                               workflow_id, upstream_left, limit_key)
     SELECT s.id, s.queue, s.task, s.args,
            (CASE WHEN s.upstream > 0 THEN 'pending'
                  WHEN coalesce(s.run_at, now()) <= now() THEN 'available'
                  ELSE 'scheduled' END)::unbroken.job_state,
            s.priority, coalesce(s.run_at, now()), s.max_attempts, wf.id,
-           CASE WHEN s.upstream > 0 THEN s.upstream END
+           CASE WHEN s.upstream > 0 THEN s.upstream END, s.limit_key
     FROM steps AS s, wf ORDER BY s.n
 ),
 deps AS (

@@ -88,6 +88,7 @@ def insert_scheduled(probe: Probe, seconds: float) -> int:
         "run_ats": [probe.value("SELECT now() + make_interval(secs => %s)", [seconds])],
         "max_attempts": [5],
         "unique_keys": [None],
+        "limit_keys": [None],
     }
     [row] = probe.rows(queries()["job_insert_many"], params)
     assert probe.state(row["id"]) == "scheduled"

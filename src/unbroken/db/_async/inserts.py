@@ -35,8 +35,9 @@ async def insert_many(
     """Ids of the jobs written (a row whose unique key is live is skipped)."""
     if not rows:
         return []
-    if any(r.unique_key is not None for r in rows):
-        # Unique keys need ON CONFLICT, which COPY cannot do: one multi-row statement.
+    if any(r.unique_key is not None or r.limit_key is not None for r in rows):
+        # Unique keys need ON CONFLICT, which COPY cannot do, and COPY's columns have no
+        # limit key (the keyless batch pays nothing for it): one multi-row statement.
         cur = await conn.execute(queries["job_insert_many"], many_params(rows), prepare=False)
         return [r[0] for r in await cur.fetchall()]
     cur = await conn.execute(queries["job_reserve_ids"], {"n": len(rows)})
