@@ -46,9 +46,18 @@ async def hold(key: str, seconds: float = 0.2, once: bool = False) -> None:
     )
     if seconds and not (once and row[1] > 0):
         await asyncio.sleep(seconds)
-    await _write(
-        "UPDATE flow_runs SET ended_at = clock_timestamp() WHERE id = %(id)s", {"id": row[0]}
-    )
+    # The end is stamped even across a server restart (a run left without an end would count
+    # as running forever). Stamped when the server is back, it is still before the outcome
+    # that frees the key's slot: the outcome is written after this returns.
+    for _ in range(300):
+        try:
+            await _write(
+                "UPDATE flow_runs SET ended_at = clock_timestamp() WHERE id = %(id)s",
+                {"id": row[0]},
+            )
+            return
+        except psycopg.OperationalError:
+            await asyncio.sleep(0.1)
 
 
 @app.task(name="plain")

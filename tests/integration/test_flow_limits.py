@@ -324,6 +324,30 @@ def test_a_rate_limit_holds_across_three_workers(
     assert len(windows) >= 12 // API_RATE
 
 
+def test_a_fetch_that_passed_over_a_locked_key_looks_again_before_the_poll_interval(
+    db: psycopg.Connection[Any], database_url: str, probe: Probe, workers: StartWorker
+) -> None:
+    """A key whose row another transaction holds (another worker's claim or outcome in
+    flight) is passed over, SKIP LOCKED: the fetch comes back short although the job is
+    still there, and no notification will come for it. The worker must look again soon,
+    not after its poll interval (red: the job waited the whole 60 s)."""
+    db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")  # to see the fetch ran
+    fetches = (
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE"
+        " '%job_claim_keyed%' AND dbid = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database())"
+    )
+    jobs = enqueue(db, "hold", ["cust:z"], kwargs={"seconds": 0})
+    with psycopg.connect(database_url) as other:
+        other.execute("SELECT 1 FROM unbroken.limit_keys WHERE key = 'cust:z' FOR NO KEY UPDATE")
+        proc = workers("a", concurrency=5, poll_interval=60.0)
+        proc.wait_registered(probe)
+        wait_until(lambda: probe.value(fetches), timeout=30, what="the worker's first fetch")
+        assert probe.job(jobs[0])["state"] == "available"
+        other.rollback()  # the key is free again, and nothing tells the worker
+    wait_all_done(probe, jobs, timeout=20)
+
+
 def test_a_killed_worker_s_slots_are_free_again_after_the_rescue(
     db: psycopg.Connection[Any], probe: Probe, workers: StartWorker
 ) -> None:

@@ -72,8 +72,8 @@ def test_states_come_back_as_job_states() -> None:
     assert finished == FinishedJob(7, JobState.DEAD, 3)
     assert finished.state is JobState.DEAD
     rescued = RESCUED_JOB(
-        cursor("id", "state", "worker_id", "task", "queue", "attempt", "max_attempts")
-    )((7, "retryable", "w1", "app.send", "mail", 1, 3))
+        cursor("id", "state", "worker_id", "task", "queue", "attempt", "max_attempts", "case")
+    )((7, "retryable", "w1", "app.send", "mail", 1, 3, None))
     assert rescued.state is JobState.RETRYABLE
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,9 @@ class Completer:
         self.written = 0
         self.fenced = 0
         self.dropped = 0
+        # Called after each batch is written: a worker that enforces limits fetches again,
+        # as its last fetch may have passed over keys this batch held (unbroken.producer).
+        self.after_write: Callable[[], None] | None = None
 
     # --- producers of outcomes ----------------------------------------------------------------
     async def put(self, outcome: Outcome) -> None:
@@ -160,6 +164,8 @@ class Completer:
                 await asyncio.sleep(delay)
                 continue
             self._account(batch, written)
+            if self.after_write is not None:
+                self.after_write()
             telemetry.emit(
                 "batch.flushed",
                 kind="finish",

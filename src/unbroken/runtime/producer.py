@@ -3,6 +3,12 @@
 It fetches when slots are free and there is reason to believe work is waiting: a
 notification from the listener, a full previous batch (a backlog), or the poll interval
 running out (the safety net when notifications are lost or LISTEN is unavailable).
+A worker that enforces limits also looks again soon after a fetch came back short: that
+fetch passed over the jobs of keys at their limit, and of keys whose rows another worker's
+claim or outcome held at that moment (SKIP LOCKED), which are still waiting and for which
+no notification comes. It looks again when its own completer has written a batch (whose
+keys it may have passed over), and otherwise after 50 ms, then twice as long each time
+until the poll interval, and from 50 ms again after a full fetch.
 Under a backlog it lets a few slots accumulate before fetching again (a few ms at most),
 so one statement claims many jobs instead of one each.
 
@@ -35,6 +41,7 @@ from unbroken.states import JobState, OutcomeKind
 
 logger = logging.getLogger("unbroken.producer")
 BACKLOG_GATHER_SECONDS = 0.002  # wait this long for more free slots when work is queued
+KEYED_RECHECK_SECONDS = 0.05  # first look again after a short fetch, when enforcing limits
 
 
 class Producer:
@@ -56,6 +63,7 @@ class Producer:
         self._poll: float = settings.poll_interval
         self._worker_id = worker_id
         self.wake = asyncio.Event()
+        self._recheck: float | None = None  # enforcing limits: the next look after a short fetch
         self.stopping = False
         self.last_fetch_empty = False
         self.fetches = 0
@@ -65,14 +73,19 @@ class Producer:
         it the fetch is the one of a database without flow control: it leaves keyed jobs to
         workers that enforce their limits."""
         self._sql = queries["job_get_available_keyed"]
+        self._recheck = KEYED_RECHECK_SECONDS
 
     async def run(self) -> None:
         backlog = True  # look once at start-up without waiting for a notification
         errors = Backoff(BackoffPolicy(0.1, 5.0))
         while not self.stopping:
             if not backlog:
+                wait = self._poll
+                if self._recheck is not None:
+                    wait = min(self._recheck, self._poll)
+                    self._recheck = min(self._recheck * 2, self._poll)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self._poll)
+                    await asyncio.wait_for(self.wake.wait(), wait)
                 if self.stopping:
                     break
             self.wake.clear()
@@ -109,6 +122,8 @@ class Producer:
             for job, reason in undecodable:
                 await self._undecodable(job, reason)
             backlog = len(rows) >= limit
+            if backlog and self._recheck is not None:
+                self._recheck = KEYED_RECHECK_SECONDS
             self.last_fetch_empty = not rows
             if rows:
                 telemetry.emit(

@@ -134,6 +134,7 @@ class Worker:
             row = await cur.fetchone()
         if row is not None and row[0]:
             producer.enforce_limits(queries)
+            completer.after_write = producer.wake.set
         self._observe(adb)
 
         background = [
