@@ -1,4 +1,4 @@
-"""The CDC tests' source (fixtures in tests/integration/cdc/conftest.py): a second throwaway PostgreSQL with wal_level=logical.
+"""The CDC tests' source: a second throwaway PostgreSQL with wal_level=logical.
 
 The session server (tests/pg.py) keeps its settings; CDC reads from `cdc_server`, started
 once per session, so a test can stop or restart the SOURCE while the sink (the usual
