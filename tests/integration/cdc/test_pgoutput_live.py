@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from pg import session_binaries
+from cdc_source import CdcSource
 from unbroken.cdc.pgoutput import (
     UNCHANGED,
     Begin,
@@ -26,7 +23,6 @@ from unbroken.cdc.pgoutput import (
     lsn_from_str,
     lsn_to_str,
 )
-from unbroken.embedded import LocalServer, wait_until_accepting
 
 PEEK = (
     "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL,"
@@ -34,40 +30,16 @@ PEEK = (
 )
 
 
-@pytest.fixture(scope="module")
-def logical_url() -> Iterator[str]:
-    """A server with wal_level=logical of this module's own."""
-    root = Path(tempfile.mkdtemp(prefix="unbroken-pgoutput-live-"))
-    server = LocalServer(
-        root / "data",
-        binaries=session_binaries(),
-        extra_conf={"wal_level": "logical", "max_replication_slots": "4", "fsync": "off"},
-    )
-    try:
-        server.init()
-        server.start()
-        wait_until_accepting(server.url())
-        yield server.url()
-    finally:
-        server.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture
-def source(logical_url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(logical_url, autocommit=True) as conn:
-        conn.execute("DROP PUBLICATION IF EXISTS live_pub")
-        conn.execute("DROP TABLE IF EXISTS live")
+def source(cdc_source: CdcSource) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(cdc_source.url, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE live (id bigint PRIMARY KEY, name text, score numeric,"
             " at timestamptz, tags text[], doc jsonb, big text)"
         )
         conn.execute("CREATE PUBLICATION live_pub FOR TABLE live")
         conn.execute("SELECT pg_create_logical_replication_slot('live_slot', 'pgoutput')")
-        try:
-            yield conn
-        finally:
-            conn.execute("SELECT pg_drop_replication_slot('live_slot')")
+        yield conn  # cdc_source drops the slot with the database
 
 
 def replay(conn: psycopg.Connection[Any]) -> tuple[dict[Any, dict[str, Any]], int, int]:
