@@ -11,6 +11,7 @@ error in:
                           WRITE -> call the task's write function with the chunk
     Sleep(seconds)        back off before trying again
     Rewind(lost)          the database lost commits: read the source again, if it can be
+    Committed(checkpoint) a chunk committed: call the run's `on_commit` hook, if any
 
 So the decisions are written once, and the two runners differ only by `await` (and by how
 they read the source: `unbroken.chunks.compat`).
@@ -117,6 +118,13 @@ class Rewind:
 
 
 @dataclass(frozen=True)
+class Committed:
+    """A chunk and its checkpoint are committed: the runner calls `on_commit(checkpoint)`."""
+
+    checkpoint: Any
+
+
+@dataclass(frozen=True)
 class Execute:
     query: bytes
     params: dict[str, Any]
@@ -147,7 +155,7 @@ class Transact:
     steps: TxSteps
 
 
-Effect = Fetch | Read | Transact | Sleep | Rewind
+Effect = Fetch | Read | Transact | Sleep | Rewind | Committed
 _SETTLED: Final = ()  # a retried commit found its earlier try had committed
 _FINISHED_KEYS: Final = ("position", "processed", "failed", "total", "chunks", "errors", "done")
 
@@ -235,6 +243,7 @@ class ChunkRun(Generic[T]):
             if pending is None:
                 return
             yield from self._commit(pending)
+            yield Committed(pending.checkpoint)
             if pending.done:
                 return
 
