@@ -29,20 +29,26 @@ SETUP = [
 ]
 # each step one transaction; the label names what it shows
 STEPS: list[tuple[str, list[str]]] = [
-    ("insert", [
-        "INSERT INTO rec_plain VALUES (1, 'one', (SELECT string_agg(md5(g::text), '')"
-        " FROM generate_series(1, 400) g), NULL)",
-    ]),
+    (
+        "insert",
+        [
+            "INSERT INTO rec_plain VALUES (1, 'one', (SELECT string_agg(md5(g::text), '')"
+            " FROM generate_series(1, 400) g), NULL)",
+        ],
+    ),
     ("update unchanged toast", ["UPDATE rec_plain SET name = 'uno' WHERE id = 1"]),
     ("update new key", ["UPDATE rec_plain SET id = 10 WHERE id = 1"]),
     ("full insert", ["INSERT INTO rec_full VALUES (1, 'a'), (2, 'b')"]),
     ("full update", ["UPDATE rec_full SET v = 'a2' WHERE id = 1"]),
     ("full delete", ["DELETE FROM rec_full WHERE id = 2"]),
     ("delete key", ["DELETE FROM rec_plain WHERE id = 10"]),
-    ("typed insert", [
-        "INSERT INTO rec_typed VALUES (9007199254740993, 'happy',"
-        " '2026-12-04 11:00:00.123456+00', 12345.678901)",
-    ]),
+    (
+        "typed insert",
+        [
+            "INSERT INTO rec_typed VALUES (9007199254740993, 'happy',"
+            " '2026-12-04 11:00:00.123456+00', 12345.678901)",
+        ],
+    ),
     ("transactional message", ["SELECT pg_logical_emit_message(true, 'unbroken', 'héllo')"]),
     ("truncate", ["TRUNCATE rec_plain, rec_full RESTART IDENTITY"]),
 ]
