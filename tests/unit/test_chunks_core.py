@@ -252,6 +252,27 @@ def test_a_checkpoint_inside_a_page_names_the_page_and_the_items_done() -> None:
     assert out.result.total == 12
 
 
+def test_a_page_that_ends_the_chunk_commits_it_before_it_is_full() -> None:
+    """A stream that caught up (CDC) commits what it has instead of waiting for more."""
+
+    def stream(cursor: Any) -> Iterator[Page[int]]:
+        yield Page([1, 2], cursor=2)
+        yield Page([3], cursor=3, end_chunk=True)  # caught up: commit now
+        yield Page([4, 5, 6, 7], cursor=7, end_chunk=True)  # fuller than a chunk
+        yield Page([], cursor=8, end_chunk=True)  # nothing in the chunk: nothing to commit
+        yield Page([9], cursor=9)
+
+    fake = FakeJob()
+    out = drive(ChunkRun(job(), seekable=True, chunk_size=3), stream, fake)
+    assert out.chunks == [[1, 2, 3], [4, 5, 6], [7], [9]]
+    assert [(c["checkpoint"], c["page_skip"]) for c in fake.commits] == [
+        (3, 0),
+        (3, 3),
+        (7, 0),
+        (9, 0),
+    ]
+
+
 def test_resume_inside_a_page_skips_only_that_pages_done_items() -> None:
     fake = FakeJob(checkpoint=5, progress={"run": "main", "seq": 2, "position": 6, "page_skip": 1})
     out = drive(ChunkRun(job(), seekable=True, chunk_size=4), pages, fake)

@@ -69,6 +69,9 @@ class Page(Generic[T]):
     items: Sequence[T]
     cursor: Any  # JSON: give it back to the source to get the pages after this one
     total: int | None = None  # items in the whole source, when the API tells (latest wins)
+    # Commit the chunk once this page is in it, full or not: a stream that caught up says
+    # so, rather than hold what it read until more comes (CDC; unbroken.cdc)
+    end_chunk: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,8 @@ class ChunkRun(Generic[T]):
         self._has_last = False
         self._page: list[Any] = []  # the current page's items
         self._page_taken = 0  # of which consumed (written, failed or skipped)
+        self._page_end_chunk = False  # the current page ends a chunk (Page.end_chunk)
+        self._end_chunk = False  # ...and it is all in the chunk being filled
         self._page_before: Any = None  # cursor that fetches the current page
         self._page_after: Any = None  # cursor that fetches the page after it
         self._started = self.clock()
@@ -366,7 +371,7 @@ class ChunkRun(Generic[T]):
         self._resize(job_size, task_size)
         self._started = self.clock()
         self._mode, self._exhausted, self._has_last = None, False, False
-        self._page, self._page_taken = [], 0
+        self._page, self._page_taken, self._page_end_chunk = [], 0, False
         self._new_chunk()
 
     def _resize(self, job_size: int | None, task_size: int | None) -> None:
@@ -472,6 +477,8 @@ class ChunkRun(Generic[T]):
             return 0
         if self._consumed >= self.size:
             return 1 if self._past_cursorless_page() else 0
+        if self._end_chunk and self._consumed:
+            return 0
         if self._mode != "items":
             return 1  # one page at a time (or one item, until we know which it is)
         if self._skip:
@@ -524,6 +531,7 @@ class ChunkRun(Generic[T]):
         if page.total is not None:
             self.total = page.total
         self._page = list(page.items)
+        self._page_end_chunk = page.end_chunk
         self._page_before, self._page_after = self._page_after, page.cursor
         self._page_taken = min(self._skip, len(self._page))
         self._skip -= self._page_taken
@@ -535,6 +543,7 @@ class ChunkRun(Generic[T]):
             part = self._page[self._page_taken : self._page_taken + room]
             self._page_taken += len(part)
             self._take_raw(part)
+        self._end_chunk = self._page_end_chunk and self._page_taken >= len(self._page)
 
     def _take_raw(self, raw: list[Any]) -> None:
         first = self.position + self._consumed  # the source index of raw[0]
@@ -590,6 +599,7 @@ class ChunkRun(Generic[T]):
         self._consumed = 0
         self._chunk_failed = 0
         self._chunk_errors: list[dict[str, Any]] = []
+        self._end_chunk = False
         if self._mode == "pages":
             self._drain_page()  # what the last chunk left of the current page comes first
 
