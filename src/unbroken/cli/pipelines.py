@@ -4,6 +4,7 @@ pipeline's replication slot on its source so the source stops keeping WAL for it
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -91,7 +92,7 @@ def pipelines_ls(as_json: JsonOpt = False) -> None:
             lag(p),
             format_bytes(p.retained_wal_bytes),
             f"{p.changes:,}",
-            f"{format_age(since(p.updated_at))} ago",
+            _ago(p.updated_at),
         )
     show_table(table, keep=("pipeline", "state"))
     for p in rows:
@@ -128,7 +129,7 @@ def pipelines_show(name: NameArg, as_json: JsonOpt = False) -> None:
         ("lag (bytes / time)", lag(p)),
         ("retained WAL", format_bytes(p.retained_wal_bytes)),
         ("changes", f"{p.changes:,}"),
-        ("updated", f"{format_age(since(p.updated_at))} ago"),
+        ("updated", _ago(p.updated_at)),
         ("dead letters", f"{p.dead_letters:,}"),
         ("schema changes", f"{p.schema_changes:,}"),
     ]
@@ -138,32 +139,38 @@ def pipelines_show(name: NameArg, as_json: JsonOpt = False) -> None:
         grid.add_row(key, value)
     console.print(f"[bold]pipeline {escape(p.name)}[/]")
     console.print(grid)
-    if p.recent_schema_changes:
-        table = Table(title="schema changes (newest first)", title_justify="left")
-        for col in ("relation", "lsn", "before", "after", "when"):
-            table.add_column(col)
-        for c in p.recent_schema_changes:
-            table.add_row(
-                escape(c.relation),
-                c.lsn or "-",
-                cell(c.before, 80),
-                cell(c.after, 80),
-                f"{format_age(since(c.created_at))} ago",
-            )
-        show_table(table, keep=("relation",))
-    if p.recent_dead_letters:
-        table = Table(title="dead letters (newest first)", title_justify="left")
-        for col in ("id", "relation", "lsn", "error", "when"):
-            table.add_column(col)
-        for d in p.recent_dead_letters:
-            table.add_row(
-                str(d.id),
-                escape(d.relation or "-"),
-                d.lsn or "-",
-                cell(d.error, 120),
-                f"{format_age(since(d.created_at))} ago",
-            )
-        show_table(table, keep=("id", "error"))
+    changes = [
+        [
+            escape(c.relation),
+            c.lsn or "-",
+            cell(c.before, 80),
+            cell(c.after, 80),
+            _ago(c.created_at),
+        ]
+        for c in p.recent_schema_changes
+    ]
+    _recent("schema changes", ("relation", "lsn", "before", "after", "when"), changes)
+    dead = [
+        [str(d.id), escape(d.relation or "-"), d.lsn or "-", cell(d.error, 120), _ago(d.created_at)]
+        for d in p.recent_dead_letters
+    ]
+    _recent("dead letters", ("id", "relation", "lsn", "error", "when"), dead)
+
+
+def _ago(at: datetime) -> str:
+    return f"{format_age(since(at))} ago"
+
+
+def _recent(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> None:
+    """A table of a pipeline's newest schema changes or dead letters, when it has any."""
+    if not rows:
+        return
+    table = Table(title=f"{title} (newest first)", title_justify="left")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    show_table(table, keep=columns[:1])
 
 
 @pipelines_app.command("drop-slot")
