@@ -13,6 +13,7 @@ CREATE TABLE unbroken.cdc_pipelines (
     tables             text[] NOT NULL,
     position           pg_lsn,         -- the last source LSN committed with sink data
     checkpoint         jsonb,          -- where the stream and a backfill resume
+    relations          jsonb,          -- the source tables' columns last seen, by table
     state              text NOT NULL DEFAULT 'waiting'
         CHECK (state IN ('waiting', 'snapshotting', 'streaming', 'failed', 'stopped')),
     last_error         text,
