@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import psycopg
 import pytest
 
 from cdc_source import CdcSource
@@ -75,8 +74,104 @@ def test_snapshot_then_stream_make_the_sink_equal_the_source(
     drain(env, pipeline)
     assert sink_rows(env) == source_rows(cdc_source)
     row = pipeline_row(env)
-    slot = cdc_source.execute(
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'unbroken_items'"
+    confirmed = cdc_source.value(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
+        " WHERE slot_name = 'unbroken_items'"
     )
-    assert slot[0][0] == row["position"]  # advanced to exactly what the sink committed
-    assert row["lag_bytes"] is not None and row["retained_wal_bytes"] is not None
+    assert confirmed == row["position"]  # advanced to exactly what the sink committed
+    assert row["lag_bytes"] is not None
+    assert row["retained_wal_bytes"] is not None
+
+
+def test_a_dropped_slot_under_a_stored_position_is_resnapshotted_deletes_included(
+    env: ChunkEnv, cdc_source: CdcSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    cdc_source.execute(
+        "INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 300) AS g"
+    )
+    pipeline = pipe(cdc_source, snapshot_chunk=100)
+    drain(env, pipeline)
+    assert sink_rows(env) == source_rows(cdc_source)
+    cdc_source.execute("SELECT pg_drop_replication_slot('unbroken_items')")
+    # made while the slot is gone: no stream will ever show them
+    cdc_source.execute("DELETE FROM items WHERE id % 3 = 0 OR id > 250")
+    cdc_source.execute("UPDATE items SET name = 'changed' WHERE id % 10 = 1")
+    cdc_source.execute("INSERT INTO items VALUES (1000, 'late', 1)")
+    with caplog.at_level(logging.WARNING, logger="unbroken.cdc"):
+        drain(env, pipeline)
+    assert "does not exist any more; re-snapshotting" in caplog.text
+    assert sink_rows(env) == source_rows(cdc_source)
+    cdc_source.execute("DELETE FROM items WHERE id = 2")
+    drain(env, pipeline)  # and the stream goes on from the new slot
+    assert sink_rows(env) == source_rows(cdc_source)
+
+
+def test_a_slot_moved_past_the_stored_position_is_detected(
+    env: ChunkEnv, cdc_source: CdcSource
+) -> None:
+    """PostgreSQL 15+ silently skips ahead when asked for changes before the slot's
+    confirmed position: the pipeline compares them itself."""
+    pipeline = pipe(cdc_source)
+    drain(env, pipeline)
+    cdc_source.execute("INSERT INTO items VALUES (1, 'skipped', 1)")
+    cdc_source.execute("SELECT pg_replication_slot_advance('unbroken_items', pg_current_wal_lsn())")
+    drain(env, pipeline)
+    assert sink_rows(env) == [(1, "skipped", 1)]  # re-snapshotted, not lost
+
+
+def test_on_gap_fail_stops_in_one_line_and_records_it(env: ChunkEnv, cdc_source: CdcSource) -> None:
+    pipeline = pipe(cdc_source, on_gap="fail")
+    drain(env, pipeline)
+    cdc_source.execute("SELECT pg_drop_replication_slot('unbroken_items')")
+    with pytest.raises(PositionLost) as caught:
+        drain(env, pipeline)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "replication slot unbroken_items does not exist any more" in message
+    row = pipeline_row(env)
+    assert row["state"] == "failed"
+    assert row["last_error"] == message
+
+
+def test_a_schema_change_is_recorded_and_the_stream_goes_on(
+    env: ChunkEnv, cdc_source: CdcSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline = pipe(cdc_source)
+    cdc_source.execute("INSERT INTO items VALUES (1, 'a', 1)")
+    drain(env, pipeline)
+    cdc_source.execute("INSERT INTO items VALUES (2, 'b', 2)")
+    cdc_source.execute("ALTER TABLE items ADD COLUMN note text")
+    cdc_source.execute("INSERT INTO items VALUES (3, 'c', 3, 'noted')")
+    env.sql("ALTER TABLE items_copy ADD COLUMN note text")
+    with caplog.at_level(logging.WARNING, logger="unbroken.cdc"):
+        drain(env, pipeline)
+    assert "the columns of public.items changed" in caplog.text
+    changes = env.sql("SELECT relation, before, after FROM unbroken.cdc_schema_changes")
+    assert len(changes) == 1
+    assert changes[0]["relation"] == "public.items"
+    assert [c[0] for c in changes[0]["before"]] == ["id", "name", "qty"]
+    assert [c[0] for c in changes[0]["after"]] == ["id", "name", "qty", "note"]
+    assert sink_rows(env) == source_rows(cdc_source)
+    drain(env, pipeline)  # known now: not recorded again
+    assert len(env.sql("SELECT * FROM unbroken.cdc_schema_changes")) == 1
+
+
+def test_a_change_the_sink_refuses_goes_to_the_dead_letters(
+    env: ChunkEnv, cdc_source: CdcSource
+) -> None:
+    env.sql("ALTER TABLE items_copy ADD CHECK (qty >= 0)")
+    pipeline = pipe(cdc_source)
+    drain(env, pipeline)
+    cdc_source.execute("INSERT INTO items VALUES (1, 'good', 1), (2, 'bad', -1), (3, 'good', 3)")
+    drain(env, pipeline)
+    assert sink_rows(env) == [(1, "good", 1), (3, "good", 3)]
+    dead = env.sql(
+        "SELECT d.relation, d.change, d.error, d.lsn <= p.position AS behind"
+        " FROM unbroken.cdc_dead_letters AS d"
+        " JOIN unbroken.cdc_pipelines AS p ON p.name = d.pipeline"
+    )
+    assert len(dead) == 1
+    assert dead[0]["relation"] == "public.items"
+    assert dead[0]["change"]["new"] == {"id": 2, "name": "bad", "qty": -1}
+    assert "CheckViolation" in dead[0]["error"]
+    assert dead[0]["behind"]  # the stream went on past it
