@@ -1,16 +1,21 @@
 """CDC: changes per second of decoding a logical slot, raw and through unbroken.
 
-On a server with wal_level=logical that this benchmark starts (or `--url`), a source table
-receives N row changes (60% inserts, 30% updates, 10% deletes, in transactions of 1,000 rows),
-kept in a replication slot. Then, each repeated:
+Two throwaway servers: the source (wal_level=logical) and the sink (PostgreSQL's defaults:
+fsync and synchronous_commit on). A source table receives N row changes (60% inserts, 30%
+updates, 10% deletes, in transactions of 1,000 rows), kept in a replication slot. Then, each
+repeated:
 
 - raw decoding: `SELECT count(*) FROM pg_logical_slot_peek_binary_changes(...)`, the server's
   WAL decoding and pgoutput alone, nothing sent to the client;
 - + fetch: the same peek with every payload sent to the client;
 - + decode: and every payload decoded by unbroken.cdc.pgoutput;
 - + rows: and every row loaded into Python values (RowLoader: int, float, datetime, ...);
-- pipeline: the whole CDC pipeline into a sink table through run_chunks, when
-  unbroken.cdc has one (see `pipeline_section`).
+- pipeline: `run_pipeline(..., until="caught_up")` (on run_chunks) with `mirror` into a
+  sink table of an unbroken database on the sink server: each chunk's rows, position and
+  checkpoint committed (and flushed) together, the slot advanced after; repeated on fresh
+  changes, the sink checked equal to the source after every run;
+- batched: the same pipeline with a sink write of this benchmark's own that applies each run
+  of upserts or deletes with one `executemany` (what mirror() could do).
 
 Goal (issue 15): >= 20,000 changes/s end to end.
 
@@ -26,14 +31,24 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
+from bench.chunks import context, new_job
 from bench.common import Repeated, fmt, progress, say, table, verdict
+from unbroken.cdc import Change, Pipeline, mirror, run_pipeline
+from unbroken.cdc.mirror import apply_change
 from unbroken.cdc.pgoutput import Delete, Insert, Relation, RowLoader, Update, decode
+from unbroken.chunks import Chunk
+from unbroken.context import reset_current_job, set_current_job
+from unbroken.db._sync.pool import Database
 from unbroken.embedded import LocalServer, wait_until_accepting
+from unbroken.migrations import migrate
+from unbroken.settings import load_settings
 
 GOAL = 20_000
 BATCH = 1_000  # rows per source transaction
@@ -42,6 +57,22 @@ LOGICAL_CONF = {"wal_level": "logical", "max_replication_slots": "10", "max_wal_
 OPTIONS = "'proto_version', '1', 'publication_names', 'bench_cdc_pub', 'messages', 'true'"
 COUNT = f"SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, {OPTIONS})"
 FETCH = f"SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, {OPTIONS})"
+SINK_DB, SINK_TABLE = "bench_cdc_sink", "bench_cdc_sink_rows"
+PIPELINE_SLOT = "unbroken_bench"  # Pipeline(name="bench")'s
+COLUMNS = ("id", "name", "amount", "created_at", "payload")
+SINK_SETUP = f"""
+CREATE TABLE {SINK_TABLE} (
+    id bigint PRIMARY KEY, name text NOT NULL, amount double precision,
+    created_at timestamptz NOT NULL, payload text
+);
+"""
+UPSERTS = {"insert": "upsert", "update": "upsert", "snapshot": "upsert"}
+UPSERT = f"""
+INSERT INTO {SINK_TABLE} (id, name, amount, created_at, payload) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, amount = excluded.amount,
+    created_at = excluded.created_at, payload = excluded.payload
+""".encode()
+DELETE = f"DELETE FROM {SINK_TABLE} WHERE id = %s".encode()
 SETUP = f"""
 DROP PUBLICATION IF EXISTS {PUBLICATION};
 DROP TABLE IF EXISTS {TABLE};
@@ -54,10 +85,10 @@ CREATE PUBLICATION {PUBLICATION} FOR TABLE {TABLE};
 
 
 @contextmanager
-def logical_server() -> Iterator[str]:
-    """A throwaway server with wal_level=logical (PostgreSQL's defaults otherwise)."""
+def throwaway_server(conf: dict[str, str]) -> Iterator[str]:
+    """A throwaway server with `conf` (PostgreSQL's defaults otherwise); its URL."""
     root = Path(tempfile.mkdtemp(prefix="unbroken-bench-cdc-"))
-    server = LocalServer(root / "data", extra_conf=LOGICAL_CONF)
+    server = LocalServer(root / "data", extra_conf=conf)
     try:
         server.init()
         server.start()
@@ -68,37 +99,41 @@ def logical_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def make_changes(url: str, changes: int) -> int:
-    """Create the source table and its slot, then write `changes` row changes; returns the
-    number of source transactions."""
-    inserts, updates = changes * 6 // 10, changes * 3 // 10
-    deletes = changes - inserts - updates
+def setup_source(url: str) -> None:
+    """The source table (empty) and its publication."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
-            " WHERE slot_name = %s",
-            [SLOT],
+            " WHERE slot_name = ANY(%s)",
+            [[SLOT, PIPELINE_SLOT]],
         )
         conn.execute(SETUP.encode())
-        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [SLOT])
-        statements = [
-            (
-                inserts,
-                f"INSERT INTO {TABLE} SELECT g, 'issue-' || g, g * 0.25, now(),"
-                " 'lorem ipsum dolor sit amet lorem ipsum dolor sit amet'"
-                " FROM generate_series(%s::bigint, %s::bigint - 1) g",
-            ),
-            (updates, f"UPDATE {TABLE} SET amount = amount + 1 WHERE id >= %s AND id < %s"),
-            (deletes, f"DELETE FROM {TABLE} WHERE id >= %s AND id < %s"),
-        ]
-        transactions = 0
+
+
+def write_changes(url: str, changes: int) -> int:
+    """Write `changes` row changes to the (empty) source table; returns the number of source
+    transactions."""
+    inserts, updates = changes * 6 // 10, changes * 3 // 10
+    deletes = changes - inserts - updates
+    statements = [
+        (
+            inserts,
+            f"INSERT INTO {TABLE} SELECT g, 'issue-' || g, g * 0.25, now(),"
+            " 'lorem ipsum dolor sit amet lorem ipsum dolor sit amet'"
+            " FROM generate_series(%s::bigint, %s::bigint - 1) g",
+        ),
+        (updates, f"UPDATE {TABLE} SET amount = amount + 1 WHERE id >= %s AND id < %s"),
+        (deletes, f"DELETE FROM {TABLE} WHERE id >= %s AND id < %s"),
+    ]
+    transactions = 0
+    with psycopg.connect(url, autocommit=True) as conn:
         for count, statement in statements:
             for start in range(0, count, BATCH):
                 conn.execute(statement.encode(), [start, min(count, start + BATCH)])
                 transactions += 1
         row = conn.execute(f"SELECT count(*) FROM {TABLE}".encode()).fetchone()
-        assert row is not None
-        assert row[0] == inserts - deletes
+    assert row is not None
+    assert row[0] == inserts - deletes
     return transactions
 
 
@@ -150,41 +185,133 @@ def load_all(payloads: list[bytes], conn: psycopg.Connection[Any]) -> int:
     return changes
 
 
-def measure(url: str, *, changes: int, repeat: int) -> dict[str, Any]:
-    progress(f"cdc: writing {changes:,} changes")
-    transactions = make_changes(url, changes)
-    _, messages = raw_count(url)
-    rates = {name: Repeated() for name in ("raw", "fetch", "decode", "rows")}
-    steps: dict[str, Callable[[], float]] = {
-        "raw": lambda: raw_count(url)[0],
-        "fetch": lambda: fetch_and(url, nothing),
-        "decode": lambda: fetch_and(url, decode_all),
-        "rows": lambda: fetch_and(url, load_all),
-    }
-    for run in range(repeat):
-        progress(f"cdc: run {run + 1}/{repeat}")
-        for name, step in steps.items():
-            rates[name].add(changes / step())
-    results: dict[str, Any] = {
+def measure(url: str, sink_url: str, *, changes: int, repeat: int) -> dict[str, Any]:
+    setup_source(url)
+    sink = Sink(url, sink_url)
+    try:
+        sink.drain()  # creates the pipeline's slot before the changes are written
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [SLOT])
+        progress(f"cdc: writing {changes:,} changes")
+        transactions = write_changes(url, changes)
+        _, messages = raw_count(url)
+        rates = {name: Repeated() for name in ("raw", "fetch", "decode", "rows")}
+        steps: dict[str, Callable[[], float]] = {
+            "raw": lambda: raw_count(url)[0],
+            "fetch": lambda: fetch_and(url, nothing),
+            "decode": lambda: fetch_and(url, decode_all),
+            "rows": lambda: fetch_and(url, load_all),
+        }
+        for run in range(repeat):
+            progress(f"cdc: run {run + 1}/{repeat}")
+            for name, step in steps.items():
+                rates[name].add(changes / step())
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", [SLOT])
+        pipelines = {"pipeline": Repeated(), "batched": Repeated()}
+        for run in range(repeat):
+            for name, rate in pipelines.items():
+                progress(f"cdc: {name} run {run + 1}/{repeat}")
+                if rate.values or name != "pipeline":  # the first streams the changes above
+                    sink.reset()
+                    write_changes(url, changes)
+                rate.add(changes / sink.drain(sink.write_batched if name == "batched" else None))
+                sink.check_equal()
+    finally:
+        sink.close()
+    return {
         "changes": changes,
         "messages": messages,
         "transactions": transactions,
         "repeat": repeat,
         **{f"{name}_changes_s": rate.as_json() for name, rate in rates.items()},
+        **{f"{name}_changes_s": rate.as_json() for name, rate in pipelines.items()},
     }
-    pipeline = pipeline_section(url, changes=changes, repeat=repeat)
-    if pipeline is not None:
-        results["pipeline_changes_s"] = pipeline.as_json()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_drop_replication_slot(%s)", [SLOT])
-    return results
 
 
-def pipeline_section(url: str, *, changes: int, repeat: int) -> Repeated | None:
-    """The whole pipeline into a sink table through run_chunks; None while unbroken.cdc has no
-    pipeline to run."""
-    progress("cdc: the pipeline part waits for unbroken.cdc's pipeline; skipped")
-    return None
+class Sink:
+    """The pipeline's side: an unbroken database on the sink server with a sink table, and a
+    job to run `run_pipeline` in (as a worker runs a sync task)."""
+
+    def __init__(self, source_url: str, server_url: str) -> None:
+        self.source_url = source_url
+        self.pipeline = Pipeline(name="bench", source_url=source_url, tables=[f"public.{TABLE}"])
+        assert self.pipeline.slot_name == PIPELINE_SLOT
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {SINK_DB} WITH (FORCE)".encode())
+            conn.execute(f"CREATE DATABASE {SINK_DB}".encode())
+        self.url = make_conninfo(server_url, dbname=SINK_DB)
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            migrate(conn)
+            conn.execute(SINK_SETUP.encode())
+        self.settings = load_settings(database_url=self.url, application_name="bench-cdc")
+        self.db = Database(self.url, self.settings)
+        self.db.pool("chunks")
+        self.db.open()
+
+    def drain(self, write: Callable[[Chunk[Change]], None] | None = None) -> float:
+        """Stream every change up to the source's WAL end; the seconds it took."""
+        token = set_current_job(context(new_job(self.url), self.settings, db=self.db))
+        try:
+            started = time.perf_counter()
+            run_pipeline(self.pipeline, write or self.write, until="caught_up")
+            return time.perf_counter() - started
+        finally:
+            reset_current_job(token)
+
+    @staticmethod
+    def write(chunk: Chunk[Change]) -> None:
+        mirror(chunk, {f"public.{TABLE}": SINK_TABLE})
+
+    @staticmethod
+    def write_batched(chunk: Chunk[Change]) -> None:
+        """What a sink written for this table can do: each run of upserts or deletes in one
+        executemany (psycopg pipelines it: one round trip per run, not per change)."""
+        with chunk.conn.cursor() as cur:
+            for op, run in groupby(chunk.items, key=lambda c: UPSERTS.get(c.op, c.op)):
+                changes = list(run)
+                if op == "upsert":
+                    rows = [tuple(c.new[col] for col in COLUMNS) for c in changes if c.new]
+                    cur.executemany(UPSERT, rows)
+                elif op == "delete":
+                    cur.executemany(DELETE, [(c.key["id"],) for c in changes if c.key])
+                else:  # snapshot ranges, truncates: as mirror() applies them
+                    for change in changes:
+                        apply_change(chunk.conn, SINK_TABLE, change)
+
+    def reset(self) -> None:
+        """Empty source and sink tables, with the pipeline caught up on the emptying."""
+        with psycopg.connect(self.source_url, autocommit=True) as conn:
+            conn.execute(f"DELETE FROM {TABLE}".encode())
+        self.drain()
+        self.check_equal()
+
+    def check_equal(self) -> None:
+        digests = [
+            _digest(url, table) for url, table in ((self.source_url, TABLE), (self.url, SINK_TABLE))
+        ]
+        if digests[0] != digests[1]:
+            raise AssertionError(f"sink != source after the pipeline drained: {digests}")
+
+    def close(self) -> None:
+        self.db.close()
+        with psycopg.connect(self.source_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s",
+                [PIPELINE_SLOT],
+            )
+
+
+def _digest(url: str, table: str) -> tuple[int, str]:
+    """Rows and an md5 of them in key order: equal digests, equal tables."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY id), ''))"
+            f" FROM {table} t".encode()
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
 
 
 LABELS = {
@@ -192,7 +319,8 @@ LABELS = {
     "fetch": "+ fetch to the client",
     "decode": "+ decode (unbroken.cdc.pgoutput)",
     "rows": "+ load rows (RowLoader)",
-    "pipeline": "pipeline into a sink (run_chunks)",
+    "pipeline": "pipeline into a sink (run_pipeline + mirror)",
+    "batched": "pipeline, sink writes batched (executemany)",
 }
 
 
@@ -203,7 +331,7 @@ def report(results: dict[str, Any]) -> str:
         figure = results.get(f"{name}_changes_s")
         if figure is None:
             continue
-        end_to_end = name == "pipeline"
+        end_to_end = name in ("pipeline", "batched")
         lines.append(
             [
                 label,
@@ -222,9 +350,10 @@ def report(results: dict[str, Any]) -> str:
 
 
 def run_section(changes: int = 200_000, repeat: int = 3) -> dict[str, Any]:
-    """Called by bench.run: starts its own server (the shared one has wal_level=replica)."""
-    with logical_server() as url:
-        results = measure(url, changes=changes, repeat=repeat)
+    """Called by bench.run: starts its own two servers, the source with wal_level=logical
+    (the shared one has replica) and the sink with PostgreSQL's defaults."""
+    with throwaway_server(LOGICAL_CONF) as url, throwaway_server({}) as sink_url:
+        results = measure(url, sink_url, changes=changes, repeat=repeat)
     say(report(results))
     return results
 
@@ -233,13 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cdc", description=__doc__.split("\n")[0])
     p.add_argument("--changes", type=int, default=200_000)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--url", help="a server with wal_level=logical (default: a throwaway one)")
     args = p.parse_args(argv)
-    if args.url:
-        results = measure(args.url, changes=args.changes, repeat=args.repeat)
-        say(report(results))
-    else:
-        run_section(args.changes, args.repeat)
+    run_section(args.changes, args.repeat)
     return 0
 
 
