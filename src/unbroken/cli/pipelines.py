@@ -186,7 +186,7 @@ def pipelines_drop_slot(
     with open_store() as store:
         p = _found(store, name)
         confirm(f"Drop replication slot {p.slot_name!r} of pipeline {p.name!r} on {p.source}?", yes)
-        existed = slot_drop(source or p.source, p, connect_timeout=settings.connect_timeout)
+        existed = slot_drop(source or p.source, p, settings)
         reason = "replication slot dropped by `unbroken pipelines drop-slot`"
         store.pipeline_mark_stopped(p.name, reason)
     if as_json:

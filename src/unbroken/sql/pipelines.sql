@@ -47,17 +47,3 @@ SET state = 'stopped', last_error = %(reason)s, lag_bytes = NULL, lag_seconds = 
     retained_wal_bytes = NULL, updated_at = now()
 WHERE name = %(name)s
 RETURNING name;
-
--- name: source_system_identifier
--- On a pipeline's source: which server this is (a role may lack the right to read it).
-SELECT system_identifier::text FROM pg_catalog.pg_control_system();
-
--- name: source_database
--- On a pipeline's source: the database this session is on.
-SELECT pg_catalog.current_database();
-
--- name: source_slot_drop
--- On a pipeline's source: drop its replication slot if it is there; true when it was.
-SELECT pg_catalog.pg_drop_replication_slot(slot_name) IS NOT NULL
-FROM pg_catalog.pg_replication_slots
-WHERE slot_name = %(slot)s AND database = pg_catalog.current_database();

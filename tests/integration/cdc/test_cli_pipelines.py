@@ -143,8 +143,7 @@ def test_drop_slot_on_an_unreachable_source_is_one_line_without_password(
     )  # fmt: skip
     assert result.returncode == 3
     assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(
-        "error: cannot reach the source of pipeline 'orders' (host 127.0.0.1 port 1 database shop)"
-    )
+    assert result.stderr.startswith("error: pipeline 'orders': CDC source: ")
+    assert "(host 127.0.0.1 port 1 database shop)" in result.stderr
     assert "s3cret" not in result.stderr
     assert state_of(database_url, "orders")[0] == "streaming"
