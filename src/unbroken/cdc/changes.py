@@ -28,11 +28,9 @@ from unbroken.cdc.pgoutput import UNCHANGED, Unchanged
 Op = Literal["insert", "update", "delete", "truncate", "snapshot", "snapshot_range"]
 Key = tuple[Any, ...]
 
-# Internal items the sink never sees: a source transaction's end (every page has one, so a
-# transaction that changed nothing the pipeline reads still moves the position), and a
-# table's columns as first seen or changed.
+# The internal item the sink never sees: a source transaction's end (every page has one, so
+# a transaction that changed nothing the pipeline reads still moves the position).
 COMMIT: Final = "commit"
-SCHEMA: Final = "schema"
 
 __all__ = ["UNCHANGED", "Change", "Key", "Op", "Unchanged"]
 
@@ -41,7 +39,7 @@ __all__ = ["UNCHANGED", "Change", "Key", "Op", "Unchanged"]
 class Change:
     """One change of one source row (see the module docstring for each op)."""
 
-    op: str  # an Op, or COMMIT / SCHEMA (internal, never given to a write function)
+    op: str  # an Op, or COMMIT (internal, never given to a write function)
     relation: str  # "schema.table"
     key: dict[str, Any] | None
     new: dict[str, Any] | None
@@ -53,7 +51,10 @@ class Change:
     keys: tuple[Key, ...] = ()  # snapshot_range: the keys that exist in the range
     key_columns: tuple[str, ...] = ()  # the names of the key's columns, in key order
     error: str | None = field(default=None, repr=False)  # could not be decoded: dead letter
-    schema: tuple[Any, Any] | None = field(default=None, repr=False)  # SCHEMA: (before, after)
+    # (table, columns before or None, columns after) of tables whose Relation message came
+    # before this change and differs from the known one: recorded with it, not as items of
+    # their own, so a page is the same length however much of it was committed before
+    schema: tuple[tuple[str, Any, Any], ...] = field(default=(), repr=False)
     seq: int = field(default=0, repr=False)  # index in its page (resuming inside a page)
     last: bool = field(default=True, repr=False)  # the last item of its page
 

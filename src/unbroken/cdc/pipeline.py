@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from psycopg.types.json import Jsonb
 
-from unbroken.cdc.changes import COMMIT, SCHEMA, Change
+from unbroken.cdc.changes import COMMIT, Change
 from unbroken.cdc.pgoutput import lsn_from_str, lsn_to_str
 from unbroken.cdc.source import SourceDB
 from unbroken.cdc.stream import Stream
@@ -205,24 +205,22 @@ class _Run:
         relations: dict[str, Any] = {}
         data: list[Change] = []
         for change in items:
-            if change.op == COMMIT:
-                continue
-            if change.op == SCHEMA:
-                assert change.schema is not None
-                before, after = change.schema
-                relations[change.relation] = after
+            for table, before, after in change.schema:
+                relations[table] = after
                 if before is not None:
                     conn.execute(
                         self.queries["cdc_schema_change_insert"],
                         {
                             "pipeline": self.p.name,
-                            "relation": change.relation,
+                            "relation": table,
                             "lsn": lsn_to_str(change.lsn),
                             "before": Jsonb(before),
                             "after": Jsonb(after),
                         },
                     )
-            elif change.error is not None:
+            if change.op == COMMIT:
+                continue
+            if change.error is not None:
                 self._dead(chunk, change, change.error)
             elif self.validate is not None:
                 try:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 
-from unbroken.cdc.changes import COMMIT, SCHEMA, Change, Key
+from unbroken.cdc.changes import COMMIT, Change, Key
 from unbroken.cdc.pgoutput import (
     Begin,
     Commit,
@@ -126,6 +126,7 @@ class Stream:
         self._tables: dict[int, _Table] = {}
         self._keys: dict[str, list[str]] = {}
         self._window: _Window | None = None
+        self._schema: list[tuple[str, Any, Any]] = []  # Relation changes not yet attached
         self._heartbeat_at = clock()
         self._skipped_rows = 0
         self._warned_at = -1e9
@@ -356,7 +357,10 @@ class Stream:
                 if high:
                     yield from self._snapshot_pages(commit.end_lsn)
             else:
+                count = len(items)
                 high = self._message(data, items) or high
+                if self._schema and len(items) > count:
+                    items[count].schema, self._schema = tuple(self._schema), []
 
     def _page(self, items: list[Change], commit: Commit) -> Page[Change]:
         items.append(Change(COMMIT, "", None, None, None, 0, None))
@@ -384,7 +388,7 @@ class Stream:
         before = self.known.get(name)
         if items is None or before == columns:
             return
-        items.append(Change(SCHEMA, name, None, None, None, 0, None, schema=(before, columns)))
+        self._schema.append((name, before, columns))  # goes with the change that follows
         self.known[name] = columns
         if before is not None:
             logger.warning(

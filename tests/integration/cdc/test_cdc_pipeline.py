@@ -12,7 +12,7 @@ from cdc_source import CdcSource
 from chunks_support import ChunkEnv, sync_env
 from unbroken.cdc import Change, Pipeline, mirror, run_pipeline
 from unbroken.chunks import Chunk
-from unbroken.errors import PositionLost
+from unbroken.errors import JobCancelled, PositionLost
 
 SOURCE_DDL = "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int)"
 SINK_DDL = "CREATE TABLE items_copy (id int PRIMARY KEY, name text NOT NULL, qty int)"
@@ -175,3 +175,83 @@ def test_a_change_the_sink_refuses_goes_to_the_dead_letters(
     assert dead[0]["change"]["new"] == {"id": 2, "name": "bad", "qty": -1}
     assert "CheckViolation" in dead[0]["error"]
     assert dead[0]["behind"]  # the stream went on past it
+
+
+class Stop(JobCancelled):
+    """What a worker stopping mid-run does to a task: the run ends between two chunks."""
+
+
+@pytest.mark.parametrize("resume", ["same job, next attempt", "new job"])
+def test_a_run_stopped_inside_a_source_transaction_resumes_after_its_last_change(
+    env: ChunkEnv, cdc_source: CdcSource, resume: str
+) -> None:
+    """One source transaction of 100 rows, chunks of 30: the run stops after chunk 2, the
+    checkpoint is inside the transaction; the next run applies rows 61.. exactly once."""
+    env.sql("CREATE TABLE applied (id int, op text)")
+    pipeline = pipe(cdc_source)
+    drain(env, pipeline)
+    cdc_source.execute("INSERT INTO items SELECT g, 'n', g FROM generate_series(1, 100) AS g")
+    chunks = 0
+
+    def stop_after_two(chunk: Chunk[Change]) -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 3:
+            raise Stop("stopping")
+        write(chunk)
+        chunk.conn.execute(
+            b"INSERT INTO applied SELECT unnest(%s::int[]), 'insert'",
+            [[c.key["id"] for c in chunk.items if c.key]],
+        )
+
+    env.new_job()
+    env.leave()
+    env.enter()
+    with pytest.raises(Stop):
+        run_pipeline(pipeline, stop_after_two, chunk_size=30)
+    assert pipeline_row(env)["state"] == "stopped"
+    assert pipeline_row(env)["checkpoint"]["skip"] == 60
+    if resume == "new job":
+        env.new_job()
+    else:
+        env.new_attempt()
+    env.leave()
+    env.enter()
+    run_pipeline(pipeline, stop_after_two, chunk_size=30)
+    ids = [r["id"] for r in env.sql("SELECT id FROM applied ORDER BY id")]
+    assert ids == list(range(1, 101))
+    assert sink_rows(env) == source_rows(cdc_source)
+    assert "skip" not in pipeline_row(env)["checkpoint"]
+
+
+def test_a_backfill_is_consistent_with_changes_made_while_it_runs(
+    env: ChunkEnv, cdc_source: CdcSource
+) -> None:
+    """While the snapshot is read chunk by chunk, the source keeps changing rows the
+    backfill has read, has not read yet, and is reading: the sink still ends == source."""
+    cdc_source.execute(
+        "INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 1000) AS g"
+    )
+    pipeline = pipe(cdc_source, snapshot_chunk=100)
+    seen = 0
+
+    def meddle(chunk: Chunk[Change]) -> None:
+        nonlocal seen
+        write(chunk)
+        snapshots = [c for c in chunk.items if c.op == "snapshot"]
+        if snapshots and seen < 5:
+            seen += 1
+            k = int(snapshots[-1].key["id"])  # type: ignore[index]
+            cdc_source.execute("UPDATE items SET qty = -qty WHERE id %% 10 = %s", [seen])
+            cdc_source.execute(
+                "DELETE FROM items WHERE id IN (%s, %s, %s)", [k - 1, k + 1, k + 150]
+            )
+            cdc_source.execute("INSERT INTO items VALUES (%s, 'new', 0)", [2000 + seen])
+
+    env.new_job()
+    env.leave()
+    env.enter()
+    run_pipeline(pipeline, meddle, chunk_size=40)
+    drain(env, pipeline)  # the changes made by the last chunk's writer
+    assert seen == 5
+    assert sink_rows(env) == source_rows(cdc_source)
