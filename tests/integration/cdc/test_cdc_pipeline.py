@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from cdc_source import CdcSource
-from chunks_support import ChunkEnv, sync_env
-from unbroken.cdc import Change, Pipeline, mirror, run_pipeline
+from chunks_support import ChunkEnv, chunk_settings, sync_env
+from unbroken.cdc import Change, Pipeline, drop_slot, mirror, run_pipeline
+from unbroken.cdc.source import SourceDB
 from unbroken.chunks import Chunk
 from unbroken.errors import JobCancelled, PositionLost
 
@@ -255,3 +256,44 @@ def test_a_backfill_is_consistent_with_changes_made_while_it_runs(
     drain(env, pipeline)  # the changes made by the last chunk's writer
     assert seen == 5
     assert sink_rows(env) == source_rows(cdc_source)
+
+
+def test_changes_between_a_backfill_select_and_its_high_watermark_win(
+    env: ChunkEnv, cdc_source: CdcSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DBLog's race, made certain: right after each chunk's SELECT, before its high
+    watermark, the source updates one row the SELECT returned and deletes another. The
+    stale rows must lose to the stream's newer changes."""
+    cdc_source.execute(
+        "INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 300) AS g"
+    )
+    select = SourceDB.select_chunk
+    raced: list[int] = []
+
+    def racing(self: SourceDB, *args: Any) -> list[dict[str, Any]]:
+        rows = select(self, *args)
+        if len(rows) >= 2:
+            first, second = rows[0]["id"], rows[1]["id"]
+            cdc_source.execute("UPDATE items SET name = 'raced' WHERE id = %s", [first])
+            cdc_source.execute("DELETE FROM items WHERE id = %s", [second])
+            raced.append(first)
+        return rows
+
+    monkeypatch.setattr(SourceDB, "select_chunk", racing)
+    drain(env, pipe(cdc_source, snapshot_chunk=100))
+    assert raced == [1, 101, 201]
+    assert sink_rows(env) == source_rows(cdc_source)
+
+
+def test_retained_wal_is_recorded_warned_about_and_drop_slot_lets_it_go(
+    env: ChunkEnv, cdc_source: CdcSource, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline = pipe(cdc_source, retained_wal_warning=1)
+    with caplog.at_level(logging.WARNING, logger="unbroken.cdc"):
+        drain(env, pipeline)
+    assert "retains 0 MiB of WAL on the source (over 0 MiB)" in caplog.text
+    assert pipeline_row(env)["retained_wal_bytes"] > 0
+    settings = chunk_settings(env.url)
+    assert drop_slot(cdc_source.url, "unbroken_items", settings) is True
+    assert drop_slot(cdc_source.url, "unbroken_items", settings) is False
+    assert cdc_source.value("SELECT count(*) FROM pg_replication_slots") == 0
