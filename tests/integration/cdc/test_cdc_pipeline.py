@@ -297,3 +297,41 @@ def test_retained_wal_is_recorded_warned_about_and_drop_slot_lets_it_go(
     assert drop_slot(cdc_source.url, "unbroken_items", settings) is True
     assert drop_slot(cdc_source.url, "unbroken_items", settings) is False
     assert cdc_source.value("SELECT count(*) FROM pg_replication_slots") == 0
+
+
+def test_a_stopped_backfill_resumes_after_its_last_committed_row(
+    env: ChunkEnv, cdc_source: CdcSource
+) -> None:
+    cdc_source.execute("INSERT INTO items SELECT g, 'n', g FROM generate_series(1, 500) AS g")
+    env.sql("CREATE TABLE applied (id int, op text)")
+    pipeline = pipe(cdc_source, snapshot_chunk=100)
+    chunks = 0
+
+    def stop_at_five(chunk: Chunk[Change]) -> None:
+        nonlocal chunks
+        chunks += 1
+        if chunks == 5:
+            raise Stop("stopping")
+        write(chunk)
+        chunk.conn.execute(
+            b"INSERT INTO applied SELECT unnest(%s::int[]), 'snapshot'",
+            [[c.key["id"] for c in chunk.items if c.op == "snapshot" and c.key]],
+        )
+
+    env.new_job()
+    env.leave()
+    env.enter()
+    with pytest.raises(Stop):
+        run_pipeline(pipeline, stop_at_five, chunk_size=30)
+    row = pipeline_row(env)
+    # chunk 4 ended with the first backfill chunk's last row (the stream had caught up)
+    assert row["checkpoint"]["backfill"] == {"tables": ["public.items"], "after": [100]}
+    assert row["state"] == "stopped"
+    env.new_job()
+    env.leave()
+    env.enter()
+    run_pipeline(pipeline, stop_at_five, chunk_size=30)
+    ids = [r["id"] for r in env.sql("SELECT id FROM applied ORDER BY id")]
+    assert ids == list(range(1, 501))  # rows 1-100 were not read again
+    assert sink_rows(env) == source_rows(cdc_source)
+    assert pipeline_row(env)["checkpoint"]["backfill"] is None
