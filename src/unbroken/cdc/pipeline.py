@@ -122,6 +122,7 @@ def run_pipeline(
     run.expected = row[1]
     run.stream.stored = row[1]
     run.stream.known = dict(row[4] or {})
+    run.stream.on_wait = lambda why: run.set_state(pool, "waiting", why)
     try:
         return run_chunks(
             run.stream.pages,

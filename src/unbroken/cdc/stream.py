@@ -130,6 +130,7 @@ class Stream:
         self._heartbeat_at = clock()
         self._skipped_rows = 0
         self._warned_at = -1e9
+        self.on_wait: Callable[[str], None] | None = None  # told why, when the source is lost
 
     # --- the source run_chunks reads -------------------------------------------------------------
     def pages(self, checkpoint: Any) -> Iterator[Page[Change]]:
@@ -234,6 +235,8 @@ class Stream:
             error_line(exc),
             self.wait,
         )
+        if self.on_wait is not None:
+            self.on_wait(f"lost the source, reconnecting: {error_line(exc)}")
         self.source.open(self.wait)
         self._tables = {}  # a new decoding session sends its Relation messages again
         self._validate()

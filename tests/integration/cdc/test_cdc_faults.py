@@ -92,6 +92,10 @@ def fast(source: CdcSource, **options: Any) -> Pipeline:
     )
 
 
+def pipeline_state(env: ChunkEnv) -> dict[str, Any]:
+    return env.sql("SELECT state, last_error FROM unbroken.cdc_pipelines")[0]
+
+
 def source_ids(source: CdcSource) -> list[int]:
     return [r[0] for r in source.execute("SELECT id FROM items ORDER BY id")]
 
@@ -122,7 +126,14 @@ def test_the_stream_survives_a_source_restart(env: ChunkEnv, cdc_source: CdcSour
         for i in range(1, 51):
             cdc_source.execute("INSERT INTO items VALUES (%s, 'before')", [i])
         wait_until(lambda: len(sink_ids(env)) == 50, timeout=30, what="the first rows")
-        cdc_source.restart("fast")
+        cdc_source.stop("fast")
+        state = wait_until(
+            lambda: (row := pipeline_state(env))["state"] == "waiting" and row,
+            timeout=30,
+            what="the pipeline to notice",
+        )
+        assert state["last_error"].startswith("lost the source, reconnecting: ")
+        cdc_source.start()
         for i in range(51, 101):
             cdc_source.execute("INSERT INTO items VALUES (%s, 'after')", [i])
         wait_until(
@@ -131,6 +142,7 @@ def test_the_stream_survives_a_source_restart(env: ChunkEnv, cdc_source: CdcSour
     assert_applied_once(env)
     inserts = env.sql("SELECT count(*) AS n FROM applied WHERE op = 'insert'")[0]["n"]
     assert inserts == 100
+    assert pipeline_state(env) == {"state": "stopped", "last_error": None}
 
 
 def test_a_source_down_at_start_is_waited_for(env: ChunkEnv, cdc_source: CdcSource) -> None:

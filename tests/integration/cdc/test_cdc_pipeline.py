@@ -335,3 +335,24 @@ def test_a_stopped_backfill_resumes_after_its_last_committed_row(
     assert ids == list(range(1, 501))  # rows 1-100 were not read again
     assert sink_rows(env) == source_rows(cdc_source)
     assert pipeline_row(env)["checkpoint"]["backfill"] is None
+
+
+def test_a_value_that_cannot_be_decoded_goes_to_the_dead_letters(
+    env: ChunkEnv, cdc_source: CdcSource
+) -> None:
+    """psycopg cannot load the date 'infinity' into a Python date: that change is set
+    aside with its raw text and the error, the others of its transaction are applied."""
+    cdc_source.execute("ALTER TABLE items ADD COLUMN due date")
+    env.sql("ALTER TABLE items_copy ADD COLUMN due date")
+    pipeline = pipe(cdc_source)
+    drain(env, pipeline)
+    cdc_source.execute(
+        "INSERT INTO items VALUES (1, 'ok', 1, '2026-01-01'), (2, 'never', 2, 'infinity'),"
+        " (3, 'ok', 3, NULL)"
+    )
+    drain(env, pipeline)
+    assert sink_rows(env) == [(1, "ok", 1), (3, "ok", 3)]
+    [dead] = env.sql("SELECT relation, change, error FROM unbroken.cdc_dead_letters")
+    assert dead["relation"] == "public.items"
+    assert dead["change"]["new"] == {"id": "2", "name": "never", "qty": "2", "due": "infinity"}
+    assert "infinity" in dead["error"] or "too large" in dead["error"]
