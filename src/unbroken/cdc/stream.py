@@ -200,14 +200,13 @@ class Stream:
             return
         self.acked = lsn
 
-    def _cursor(
-        self, lsn: int, *, skip: int = 0, backfill: dict[str, Any] | bool | None = True
-    ) -> dict[str, Any]:
+    def _cursor(self, lsn: int, *, skip: int = 0) -> dict[str, Any]:
         cursor: dict[str, Any] = {
             "lsn": lsn_to_str(lsn),
             "system_identifier": self.system_identifier,
             "database": self.database,
-            "backfill": self.backfill if backfill is True else backfill,
+            "tables": list(self.p.qualified_tables),
+            "backfill": self.backfill,
         }
         if skip:
             cursor["skip"] = skip
@@ -226,7 +225,29 @@ class Stream:
         self.source.open(self.wait)
         self.source.ensure_publication(list(self.p.qualified_tables))
         self._keys = {t: self.source.table_key(t) for t in self.p.qualified_tables}
+        fresh = self.acked is None
         self._validate()
+        if not fresh and "tables" in cp:
+            self._retable(list(cp["tables"]))
+
+    def _retable(self, before: list[str]) -> None:
+        """The pipeline's tables changed since its checkpoint: backfill the added ones (with
+        `snapshot`), and forget a pending backfill of the removed ones."""
+        tables = list(self.p.qualified_tables)
+        if self.backfill is not None:
+            pending = [t for t in self.backfill["tables"] if t in tables]
+            if pending[:1] != self.backfill["tables"][:1]:
+                self.backfill = {"tables": pending, "after": None}
+            else:
+                self.backfill = {**self.backfill, "tables": pending}
+        added = [t for t in tables if t not in before]
+        if added and self.p.snapshot:
+            pending = self.backfill["tables"] if self.backfill else []
+            after = self.backfill["after"] if self.backfill else None
+            self.backfill = {"tables": [*pending, *added], "after": after}
+            logger.info("CDC pipeline %s: new tables %s, backfilling them", self.p.name, added)
+        if self.backfill is not None and not self.backfill["tables"]:
+            self.backfill = None
 
     def _reconnect(self, exc: BaseException) -> None:
         logger.warning(

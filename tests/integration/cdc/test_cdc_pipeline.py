@@ -356,3 +356,19 @@ def test_a_value_that_cannot_be_decoded_goes_to_the_dead_letters(
     assert dead["relation"] == "public.items"
     assert dead["change"]["new"] == {"id": "2", "name": "never", "qty": "2", "due": "infinity"}
     assert "infinity" in dead["error"] or "too large" in dead["error"]
+
+
+def test_a_table_added_to_a_pipeline_is_backfilled(env: ChunkEnv, cdc_source: CdcSource) -> None:
+    cdc_source.execute("INSERT INTO items VALUES (1, 'a', 1)")
+    drain(env, pipe(cdc_source))
+    cdc_source.execute("CREATE TABLE more (id int PRIMARY KEY, name text NOT NULL, qty int)")
+    cdc_source.execute("INSERT INTO more VALUES (7, 'older than its pipeline', 0)")
+    env.sql("CREATE TABLE more_copy (id int PRIMARY KEY, name text NOT NULL, qty int)")
+    both = Pipeline(name="items", source_url=cdc_source.url, tables=["items", "more"])
+    env.new_job()
+    env.leave()
+    env.enter()
+    run_pipeline(both, lambda c: mirror(c, {**TABLES, "public.more": "more_copy"}))
+    copied = env.sql("SELECT id, name FROM more_copy")
+    assert copied == [{"id": 7, "name": "older than its pipeline"}]
+    assert sink_rows(env) == source_rows(cdc_source)
