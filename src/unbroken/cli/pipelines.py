@@ -26,7 +26,7 @@ from unbroken.cli.output import (
 from unbroken.errors import ConfigError
 from unbroken.ops.format import format_age, format_bytes
 from unbroken.ops.rows import PipelineDetail, PipelineInfo
-from unbroken.ops.source_slot import slot_drop
+from unbroken.ops.source_slot import slot_drop, without_mask
 from unbroken.ops.store import OperatorStore
 from unbroken.settings import load_settings
 
@@ -186,7 +186,7 @@ def pipelines_drop_slot(
     with open_store() as store:
         p = _found(store, name)
         confirm(f"Drop replication slot {p.slot_name!r} of pipeline {p.name!r} on {p.source}?", yes)
-        existed = slot_drop(source or p.source, p, settings)
+        existed = slot_drop(source or without_mask(p.source), p, settings)
         reason = "replication slot dropped by `unbroken pipelines drop-slot`"
         store.pipeline_mark_stopped(p.name, reason)
     if as_json:

@@ -11,12 +11,15 @@ with a slot of the same name drops nothing there.
 from __future__ import annotations
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from unbroken.cdc.source import SourceDB
 from unbroken.db.conninfo import describe_target, error_line
 from unbroken.errors import DatabaseUnavailable, UnbrokenError
 from unbroken.ops.rows import PipelineDetail
 from unbroken.settings import Settings
+
+MASK = "***"  # what unbroken.db.conninfo.redact puts in place of a password
 
 
 def slot_drop(source_url: str, pipeline: PipelineDetail, settings: Settings) -> bool:
@@ -44,3 +47,13 @@ def slot_drop(source_url: str, pipeline: PipelineDetail, settings: Settings) -> 
         ) from None
     finally:
         source.close()
+
+
+def without_mask(url: str) -> str:
+    """The stored source URL as a URL to connect with: run_pipeline stores it as redact()
+    writes it, its password replaced by "***", which would be sent as the password; without
+    one, libpq looks in PGPASSWORD and ~/.pgpass."""
+    params = conninfo_to_dict(url)
+    if params.get("password") == MASK:
+        del params["password"]
+    return make_conninfo("", **params)
