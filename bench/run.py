@@ -373,6 +373,7 @@ def summary(sections: dict[str, Any]) -> str:
     for key, what in (
         ("pipeline_changes_s", "pipeline + mirror"),
         ("batched_changes_s", "pipeline, batched sink writes"),
+        ("batched_5000_changes_s", "pipeline, batched sink writes, 5,000 per chunk"),
     ):
         if key in cdc_figures:
             figure = cdc_figures[key]
