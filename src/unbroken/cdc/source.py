@@ -183,21 +183,32 @@ class SourceDB:
         return lsn_from_str(row["lsn"])
 
     # --- backfill ----------------------------------------------------------------------------
+    def columns(self, table: str) -> list[tuple[str, int]]:
+        """(name, type oid) of `table`'s columns, in order."""
+        with self.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(table_name(table)))
+            return [(d.name, d.type_code) for d in cur.description or ()]
+
     def select_chunk(
-        self, table: str, key: list[str], after: list[Any] | None, limit: int
-    ) -> list[dict[str, Any]]:
+        self, table: str, columns: list[str], key: list[str], after: list[Any] | None, limit: int
+    ) -> list[tuple[str | None, ...]]:
         """Up to `limit` rows of `table` after key `after` (None: from the start), in key
-        order."""
-        cols = sql.SQL(", ").join(map(sql.Identifier, key))
+        order, every column as text (as pgoutput sends them): the caller loads each row,
+        so a value Python cannot hold fails that row alone, not the chunk."""
+        # Qualified (t.id): ORDER BY a bare name would sort by the output column, the text.
+        cols = sql.SQL(", ").join(sql.Identifier("t", k) for k in key)
         where: sql.Composable = sql.SQL("")
         if after is not None:
             where = sql.SQL("WHERE ({}) > ({})").format(
                 cols, sql.SQL(", ").join(sql.Placeholder() * len(key))
             )
-        statement = sql.SQL("SELECT * FROM {} {} ORDER BY {} LIMIT {}").format(
-            table_name(table), where, cols, sql.Literal(limit)
+        texts = sql.SQL(", ").join(
+            sql.SQL("{}::text").format(sql.Identifier("t", c)) for c in columns
         )
-        with self.conn.cursor(row_factory=dict_row) as cur:
+        statement = sql.SQL("SELECT {} FROM {} AS t {} ORDER BY {} LIMIT {}").format(
+            texts, table_name(table), where, cols, sql.Literal(limit)
+        )
+        with self.conn.cursor() as cur:
             cur.execute(statement, after or None)
             return cur.fetchall()
 

@@ -32,6 +32,7 @@ import psycopg
 from unbroken.cdc.changes import COMMIT, Change, Key
 from unbroken.cdc.pgoutput import (
     Begin,
+    Column,
     Commit,
     Delete,
     Insert,
@@ -66,16 +67,23 @@ def columns_of(relation: Relation) -> list[list[Any]]:
     return [[c.name, c.type_oid, c.type_modifier, c.flags] for c in relation.columns]
 
 
-def _json_key(key: Key) -> list[Any]:
-    return [v if v is None or isinstance(v, str | int | float | bool) else str(v) for v in key]
-
-
 @dataclass
 class _Table:
     relation: Relation
     loader: RowLoader
     name: str  # schema.table
     key: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One row a backfill SELECT read: as text, and loaded (or why it could not be)."""
+
+    raw: dict[str, str | None]
+    raw_key: list[str | None]  # the key as text: the backfill's cursor after this row
+    key: Key | None
+    row: dict[str, Any] | None
+    error: str | None
 
 
 @dataclass
@@ -86,7 +94,7 @@ class _Window:
     table: str
     key: list[str]
     after: list[Any] | None
-    rows: list[dict[str, Any]]
+    rows: list[_Row]
     open: bool = False  # its low watermark was read
     keys: set[Key] = field(default_factory=set)  # keys the stream changed since then
 
@@ -484,11 +492,26 @@ class Stream:
         assert self.backfill is not None
         table = self.backfill["tables"][0]
         key = self._keys.get(table) or self.source.table_key(table)
+        columns = self.source.columns(table)
+        names = [name for name, _ in columns]
+        schema, _, name = table.partition(".")
+        shape = tuple(Column(int(n in key), n, oid, -1) for n, oid in columns)
+        loader = RowLoader(Relation(0, schema, name, "d", shape), self.source.conn)
         after = self.backfill.get("after")
         wid = uuid.uuid4().hex
         self.source.emit(WATERMARK, f"{wid}:low")
-        rows = self.source.select_chunk(table, key, after, self.p.snapshot_chunk)
+        texts = self.source.select_chunk(table, names, key, after, self.p.snapshot_chunk)
         self.source.emit(WATERMARK, f"{wid}:high")
+        rows = []
+        for values in texts:
+            raw = dict(zip(names, values, strict=True))
+            raw_key = [raw[k] for k in key]
+            try:
+                row = loader.load(values)
+            except Exception as exc:
+                rows.append(_Row(raw, raw_key, None, None, error_line(exc)))
+            else:
+                rows.append(_Row(raw, raw_key, tuple(row[k] for k in key), row, None))
         self._window = _Window(wid, table, key, after, rows)
 
     def _watermark(self, message: LogicalMessage) -> bool:
@@ -508,14 +531,13 @@ class Stream:
         self._window = None
         key, rows = window.key, window.rows
         done = len(rows) < self.p.snapshot_chunk
-        keys = [tuple(r[k] for k in key) for r in rows]
-        after = tuple(window.after) if window.after is not None else None
+        keys = [r.key for r in rows if r.key is not None]
         if done:
             tables = backfill["tables"][1:]
             following = {"tables": tables, "after": None} if tables else None
         else:
-            following = {"tables": backfill["tables"], "after": _json_key(keys[-1])}
-        emit = [(k, r) for k, r in zip(keys, rows, strict=True) if k not in window.keys]
+            following = {"tables": backfill["tables"], "after": rows[-1].raw_key}
+        emit = [r for r in rows if r.key is None or r.key not in window.keys]
         span = Change(
             "snapshot_range",
             window.table,
@@ -524,28 +546,32 @@ class Stream:
             None,
             lsn,
             self.commit_time,
-            range_after=after,
-            range_to=None if done else keys[-1],
+            range_after=tuple(window.after) if window.after is not None else None,
+            range_to=None if done else tuple(rows[-1].raw_key),
             keys=tuple(dict.fromkeys([*keys, *window.keys])),
             key_columns=tuple(key),
         )
         self.backfill = following if not emit else backfill
         yield Page([span], cursor=self._cursor(lsn))
-        for n, (k, row) in enumerate(emit):
-            change = Change(
-                "snapshot",
-                window.table,
-                dict(zip(key, k, strict=True)),
-                row,
-                None,
-                lsn,
-                self.commit_time,
-                key_columns=tuple(key),
-            )
+        for n, r in enumerate(emit):
+            if r.key is None or r.row is None:
+                change = Change("snapshot", window.table, None, dict(r.raw), None, lsn, None)
+                change.error = r.error
+            else:
+                change = Change(
+                    "snapshot",
+                    window.table,
+                    dict(zip(key, r.key, strict=True)),
+                    r.row,
+                    None,
+                    lsn,
+                    self.commit_time,
+                    key_columns=tuple(key),
+                )
             if n == len(emit) - 1:
                 self.backfill = following
             else:
-                self.backfill = {"tables": backfill["tables"], "after": _json_key(k)}
+                self.backfill = {"tables": backfill["tables"], "after": r.raw_key}
             yield Page([change], cursor=self._cursor(lsn))
         self.yielded = max(self.yielded, lsn)
 

@@ -270,10 +270,10 @@ def test_changes_between_a_backfill_select_and_its_high_watermark_win(
     select = SourceDB.select_chunk
     raced: list[int] = []
 
-    def racing(self: SourceDB, *args: Any) -> list[dict[str, Any]]:
-        rows = select(self, *args)
+    def racing(self: SourceDB, *args: Any) -> list[tuple[str | None, ...]]:
+        rows = select(self, *args)  # as text, id first
         if len(rows) >= 2:
-            first, second = rows[0]["id"], rows[1]["id"]
+            first, second = int(rows[0][0] or 0), int(rows[1][0] or 0)
             cdc_source.execute("UPDATE items SET name = 'raced' WHERE id = %s", [first])
             cdc_source.execute("DELETE FROM items WHERE id = %s", [second])
             raced.append(first)
@@ -325,7 +325,7 @@ def test_a_stopped_backfill_resumes_after_its_last_committed_row(
         run_pipeline(pipeline, stop_at_five, chunk_size=30)
     row = pipeline_row(env)
     # chunk 4 ended with the first backfill chunk's last row (the stream had caught up)
-    assert row["checkpoint"]["backfill"] == {"tables": ["public.items"], "after": [100]}
+    assert row["checkpoint"]["backfill"] == {"tables": ["public.items"], "after": ["100"]}
     assert row["state"] == "stopped"
     env.new_job()
     env.leave()
@@ -341,10 +341,19 @@ def test_a_value_that_cannot_be_decoded_goes_to_the_dead_letters(
     env: ChunkEnv, cdc_source: CdcSource
 ) -> None:
     """psycopg cannot load the date 'infinity' into a Python date: that change is set
-    aside with its raw text and the error, the others of its transaction are applied."""
+    aside with its raw text and the error, the others of its transaction are applied;
+    so is such a row read by the backfill."""
     cdc_source.execute("ALTER TABLE items ADD COLUMN due date")
     env.sql("ALTER TABLE items_copy ADD COLUMN due date")
+    cdc_source.execute("INSERT INTO items VALUES (10, 'snap', 10, 'infinity'), (11, 's', 11, NULL)")
     pipeline = pipe(cdc_source)
+    drain(env, pipeline)
+    [dead] = env.sql("SELECT change, error FROM unbroken.cdc_dead_letters")
+    assert dead["change"]["new"] == {"id": "10", "name": "snap", "qty": "10", "due": "infinity"}
+    assert dead["change"]["op"] == "snapshot"
+    assert sink_rows(env) == [(11, "s", 11)]
+    env.sql("DELETE FROM unbroken.cdc_dead_letters")
+    cdc_source.execute("DELETE FROM items")
     drain(env, pipeline)
     cdc_source.execute(
         "INSERT INTO items VALUES (1, 'ok', 1, '2026-01-01'), (2, 'never', 2, 'infinity'),"
