@@ -372,8 +372,8 @@ def summary(sections: dict[str, Any]) -> str:
     cdc_figures = sections.get("cdc", {})
     for key, what in (
         ("pipeline_changes_s", "pipeline + mirror"),
-        ("batched_changes_s", "pipeline, batched sink writes"),
-        ("batched_5000_changes_s", "pipeline, batched sink writes, 5,000 per chunk"),
+        ("pipeline_5000_changes_s", "pipeline + mirror, 5,000 per chunk"),
+        ("batched_5000_changes_s", "pipeline + unnest sink writes, 5,000 per chunk"),
     ):
         if key in cdc_figures:
             figure = cdc_figures[key]
