@@ -215,7 +215,7 @@ class SourceDB:
 
 def drop_slot(source_url: str, slot: str, settings: Settings) -> bool:
     """Drop a pipeline's replication slot on its source (stops WAL retention; the next run
-    re-snapshots); True if it existed. `unbroken cdc drop-slot` runs this."""
+    re-snapshots); True if it existed. `unbroken pipelines drop-slot` runs this."""
     source = SourceDB(source_url, settings, slot=slot, publication="")
     source.open(wait=0)
     try:

@@ -264,7 +264,7 @@ CREATE TRIGGER jobs_workflow_settle AFTER UPDATE OF state ON unbroken.jobs
           AND NEW.state IN ('succeeded', 'dead', 'cancelled'))
     EXECUTE FUNCTION unbroken.workflow_settle();
 
--- Change data capture (0010): see migrations/0010_cdc.sql.
+-- Change data capture (0011): see migrations/0011_cdc.sql.
 CREATE TABLE unbroken.cdc_pipelines (
     name               text PRIMARY KEY,
     slot_name          text NOT NULL,
@@ -315,4 +315,4 @@ CREATE TABLE unbroken.migrations (
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows'), (8, 'jobs_autovacuum'), (9, 'finished_list_indexes'), (10, 'cdc');
+INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows'), (8, 'jobs_autovacuum'), (9, 'finished_list_indexes'), (11, 'cdc');

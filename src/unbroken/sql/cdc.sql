@@ -23,10 +23,12 @@ WHERE slot_name = %(slot)s
 SELECT lsn FROM pg_create_logical_replication_slot(%(slot)s, 'pgoutput')
 
 -- name: cdc_slot_drop
--- Drop a replication slot, if it exists and no session uses it; true if dropped.
+-- Drop a replication slot of this database, if it exists and no session uses it; true if dropped.
+-- Slot names are the server's, not the database's: a slot of the same name made for
+-- another database of the server is not ours to drop.
 SELECT count(pg_drop_replication_slot(slot_name)) > 0 AS dropped
 FROM pg_replication_slots
-WHERE slot_name = %(slot)s
+WHERE slot_name = %(slot)s AND database = current_database()
 
 -- name: cdc_slot_peek
 -- Decode the slot's next transactions with pgoutput (protocol 1, messages on) WITHOUT consuming them; whole transactions, at least upto rows.
