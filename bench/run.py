@@ -9,7 +9,8 @@ Parts: throughput (one and two worker processes, database cost, sessions), pgque
 (PGQueuer 1.6 side by side; with throughput also run, the two are then compared in
 back-to-back pairs), floor (the SQL floor), enqueue, latency, reconnect, takeover (the
 leader killed or frozen), chunks (bench/chunks.py, when present: its `run_section(server)`
-is called if it has one, else it runs as `python -m bench.chunks`). A throwaway server is
+is called if it has one, else it runs as `python -m bench.chunks`), cdc (bench/cdc.py, on a
+server of its own with wal_level=logical). A throwaway server is
 started for the run unless `--embedded` says to use the embedded default server. See
 docs/benchmarks.md.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    cdc,
     compare,
     cpu,
     enqueue,
@@ -42,7 +44,10 @@ from bench import (
 from bench.common import ROOT, Results, fmt, progress, say, table, verdict
 from bench.server import BenchServer
 
-PARTS = ("throughput", "pgqueuer", "floor", "enqueue", "latency", "reconnect", "takeover", "chunks")
+PARTS = (
+    "throughput", "pgqueuer", "floor", "enqueue", "latency", "reconnect", "takeover", "chunks",
+    "cdc",
+)  # fmt: skip
 
 
 def _ints(text: str) -> list[int]:
@@ -76,6 +81,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--floor-batch", type=_ints, default=_ints("100,500,1000"))
     p.add_argument("--enqueue-single", type=int, default=3_000, help="jobs per single loop")
     p.add_argument("--enqueue-bulk", type=int, default=100_000, help="jobs per bulk figure")
+    p.add_argument("--cdc-changes", type=int, default=200_000, help="row changes for cdc")
     p.add_argument("--enqueue-batch", type=_ints, default=_ints("1000,10000"))
     # 1,000 jobs a run: a p99 of 300 would be the third-worst job alone.
     p.add_argument("--latency-samples", type=int, default=1000)
@@ -113,6 +119,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.floor_batch = [1000]
         args.enqueue_single = 500
         args.enqueue_bulk = 20_000
+        args.cdc_changes = 50_000
         args.latency_samples = 100
         args.reconnect_repeat = 1
         args.takeover_repeat = 1
@@ -206,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: reconnect.run_section(sizes=[1, 4, 16], repeat=args.reconnect_repeat),
             ),
             ("chunks", lambda: run_chunks(server)),
+            ("cdc", lambda: cdc.run_section(changes=args.cdc_changes, repeat=args.repeat)),
         ]
         for name, step in steps:
             if name not in wanted:
@@ -361,6 +369,22 @@ def summary(sections: dict[str, Any]) -> str:
                 verdict(worst < reconnect.TARGET_SECONDS),
             ]
         )
+    cdc_figures = sections.get("cdc", {})
+    for key, what in (
+        ("pipeline_changes_s", "pipeline + mirror"),
+        ("pipeline_5000_changes_s", "pipeline + mirror, 5,000 per chunk"),
+        ("batched_5000_changes_s", "pipeline + unnest sink writes, 5,000 per chunk"),
+    ):
+        if key in cdc_figures:
+            figure = cdc_figures[key]
+            rows.append(
+                [
+                    f"cdc changes/s ({what})",
+                    f">= {cdc.GOAL:,}/s",
+                    _rate(figure),
+                    verdict(figure["median"] >= cdc.GOAL),
+                ]
+            )
     for case, data in sections.get("takeover", {}).get("cases", {}).items():
         rows.append(
             [

@@ -40,6 +40,7 @@ REPLACEMENTS = {
     "SAAsyncConnection": "SAConnection",
     "AsyncSourceReader": "SourceReader",
     "AsyncWrite": "Write",
+    "AsyncOnCommit": "OnCommit",
     "ajob_pool": "job_pool",
     "arun_chunks": "run_chunks",
     "acopy_rows": "copy_rows",

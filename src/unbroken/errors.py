@@ -11,7 +11,9 @@ UnbrokenError
 ├── EnqueueError           a job was refused at enqueue (nothing written)
 ├── TaskNotFound           a job names a task this app does not know
 ├── LeaseLost              this worker no longer owns the job (it was rescued)
-└── JobCancelled           a running job was asked to stop
+├── JobCancelled           a running job was asked to stop
+└── PositionLost           a CDC pipeline's stored position cannot be resumed (slot gone,
+                           other server, WAL removed) and it was told to fail (on_gap="fail")
 
 Permanent / Snooze are raised by task code, not by unbroken, and so do not inherit
 from UnbrokenError: they are signals to the executor, not failures of the runtime.
@@ -107,3 +109,10 @@ class BadRecordsExceeded(UnbrokenError, Permanent):
         self.failed = failed
         self.seen = seen
         self.errors = errors
+
+
+class PositionLost(UnbrokenError, Permanent):
+    """A CDC pipeline cannot resume where its sink stands: its replication slot is gone or
+    lost its WAL, it is another server or database, or the slot moved past the stored
+    position. Raised instead of re-snapshotting when the pipeline says `on_gap="fail"`;
+    permanent (a retry would find the same)."""

@@ -418,3 +418,21 @@ async def test_a_job_with_two_runs_resumes_the_second_and_skips_the_first(
     assert (progress.run, progress.processed, progress.done) == ("changelogs", 450, True)
     assert progress.finished["issues"]["processed"] == 250
     assert progress.finished["changelogs"]["processed"] == 450
+
+
+@arun
+async def test_on_commit_hears_each_checkpoint_after_its_chunk_committed(
+    database_url: str,
+) -> None:
+    """The hook runs once per chunk, after the commit: another session already sees the
+    chunk's rows and checkpoint (what CDC needs before it advances its slot)."""
+    async with async_env(database_url) as env:
+        heard: list[tuple[Any, int, Any]] = []
+
+        async def on_commit(checkpoint: Any) -> None:
+            seen = env.sql("SELECT count(*) AS n FROM sink")[0]["n"]
+            heard.append((checkpoint, seen, env.job()["checkpoint"]))
+
+        await arun_chunks(list(range(25)), copy_ids, chunk_size=10, on_commit=on_commit)
+
+    assert heard == [(10, 10, 10), (20, 20, 20), (25, 25, 25)]

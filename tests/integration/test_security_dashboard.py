@@ -34,7 +34,7 @@ from unbroken.settings import load_settings
 UNBROKEN = str(Path(sys.executable).parent / "unbroken")
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 STRONG = ("ops", "k7-vanilla-Quartz-9x")
-PAGES = ("/", "/jobs", "/long", "/dead", "/queues", "/dead/confirm?action=retry")
+PAGES = ("/", "/jobs", "/long", "/dead", "/queues", "/pipelines", "/dead/confirm?action=retry")
 
 
 @pytest.fixture

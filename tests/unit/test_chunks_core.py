@@ -24,6 +24,7 @@ from unbroken.chunks.state import (
     BadRecordsExceeded,
     ChunkRun,
     CommitsLost,
+    Committed,
     Execute,
     Fetch,
     Page,
@@ -105,6 +106,7 @@ class Driven:
     chunks: list[list[Any]]  # the items each write call got
     sleeps: list[float]
     effects: list[str]
+    committed: list[Any]  # the checkpoints the run reported committed (Committed effects)
 
 
 def drive(
@@ -122,6 +124,7 @@ def drive(
     chunks: list[list[Any]] = []
     sleeps: list[float] = []
     effects: list[str] = []
+    committed: list[Any] = []
     tries = 0
     result: Any = None
     error: Exception | None = None
@@ -129,7 +132,7 @@ def drive(
         try:
             effect = steps.send(result) if error is None else steps.throw(error)
         except StopIteration as stop:
-            return Driven(stop.value, chunks, sleeps, effects)
+            return Driven(stop.value, chunks, sleeps, effects, committed)
         effects.append(type(effect).__name__)
         result, error = None, None
         if isinstance(effect, Read):
@@ -138,6 +141,8 @@ def drive(
             result = fake.answer(effect.query, effect.params)
         elif isinstance(effect, Sleep):
             sleeps.append(effect.seconds)
+        elif isinstance(effect, Committed):
+            committed.append(effect.checkpoint)
         elif isinstance(effect, Rewind):  # reopens what can be reopened, else raises
             try:
                 reader.rewind(effect.lost)
@@ -179,6 +184,7 @@ def test_items_are_chunked_and_checkpointed_by_count() -> None:
     out = drive(ChunkRun(job(), seekable=False, chunk_size=4), range(10), fake)
     assert out.chunks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert [c["checkpoint"] for c in fake.commits] == [4, 8, 10]
+    assert out.committed == [4, 8, 10]  # on_commit hears of each commit, after it
     assert [c["done"] for c in fake.commits] == [False, False, True]
     assert out.result.done
     assert out.result.position == 10
@@ -244,6 +250,27 @@ def test_a_checkpoint_inside_a_page_names_the_page_and_the_items_done() -> None:
         (15, 0),  # the end of the source, found by the next read: "done"
     ]
     assert out.result.total == 12
+
+
+def test_a_page_that_ends_the_chunk_commits_it_before_it_is_full() -> None:
+    """A stream that caught up (CDC) commits what it has instead of waiting for more."""
+
+    def stream(cursor: Any) -> Iterator[Page[int]]:
+        yield Page([1, 2], cursor=2)
+        yield Page([3], cursor=3, end_chunk=True)  # caught up: commit now
+        yield Page([4, 5, 6, 7], cursor=7, end_chunk=True)  # fuller than a chunk
+        yield Page([], cursor=8, end_chunk=True)  # nothing in the chunk: nothing to commit
+        yield Page([9], cursor=9)
+
+    fake = FakeJob()
+    out = drive(ChunkRun(job(), seekable=True, chunk_size=3), stream, fake)
+    assert out.chunks == [[1, 2, 3], [4, 5, 6], [7], [9]]
+    assert [(c["checkpoint"], c["page_skip"]) for c in fake.commits] == [
+        (3, 0),
+        (3, 3),
+        (7, 0),
+        (9, 0),
+    ]
 
 
 def test_resume_inside_a_page_skips_only_that_pages_done_items() -> None:
@@ -500,6 +527,7 @@ def test_a_commit_that_went_through_before_its_answer_was_lost_is_not_written_ag
     out = drive(run, range(13), fake, fail=commit_then_lose)
     assert out.chunks == [[0, 1, 2, 3, 4], [10, 11, 12]]  # chunk 2 was written once only
     assert [c["position"] for c in fake.commits] == [5, 10, 13]
+    assert out.committed == [5, 10, 13]  # the settled commit is reported once
     assert out.result.position == 13
 
 

@@ -14,6 +14,7 @@ from unbroken.ops.format import (
     Undecodable,
     clip,
     format_age,
+    format_bytes,
     format_duration,
     format_pct,
     jsonable,
@@ -44,6 +45,23 @@ def test_durations_in_milliseconds_below_a_second() -> None:
     assert format_duration(0.0123, unit_sep=" ") == "12 ms"
     assert format_duration(1.256, unit_sep=" ") == "1.26 s"
     assert format_pct(0.125) == "12.5%"
+
+
+@pytest.mark.parametrize(
+    ("count", "shown"),
+    [
+        (None, "-"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (5 * 1024**2, "5.0 MiB"),
+        (3 * 1024**3, "3.0 GiB"),
+        (2 * 1024**4, "2.0 TiB"),
+        (2000 * 1024**4, "2000.0 TiB"),
+    ],
+)
+def test_sizes_in_binary_units(count: int | None, shown: str) -> None:
+    assert format_bytes(count) == shown
 
 
 def test_clip_ends_with_an_ellipsis_only_when_cut() -> None:

@@ -57,6 +57,9 @@ Source: TypeAlias = Yields[R] | Callable[[Any], Yields[R]]
 
 AsyncWrite: TypeAlias = "Callable[[AsyncChunk[T]], Awaitable[None]]"
 Write: TypeAlias = "Callable[[Chunk[T]], None]"
+# Called with each chunk's checkpoint once it is committed (awaited in the async form).
+AsyncOnCommit: TypeAlias = Callable[[Any], Awaitable[None]]
+OnCommit: TypeAlias = Callable[[Any], None]
 
 
 # --- the job and its pool ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ error in:
                           WRITE -> call the task's write function with the chunk
     Sleep(seconds)        back off before trying again
     Rewind(lost)          the database lost commits: read the source again, if it can be
+    Committed(checkpoint) a chunk committed: call the run's `on_commit` hook, if any
 
 So the decisions are written once, and the two runners differ only by `await` (and by how
 they read the source: `unbroken.chunks.compat`).
@@ -68,6 +69,9 @@ class Page(Generic[T]):
     items: Sequence[T]
     cursor: Any  # JSON: give it back to the source to get the pages after this one
     total: int | None = None  # items in the whole source, when the API tells (latest wins)
+    # Commit the chunk once this page is in it, full or not: a stream that caught up says
+    # so, rather than hold what it read until more comes (CDC; unbroken.cdc)
+    end_chunk: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,13 @@ class Rewind:
 
 
 @dataclass(frozen=True)
+class Committed:
+    """A chunk and its checkpoint are committed: the runner calls `on_commit(checkpoint)`."""
+
+    checkpoint: Any
+
+
+@dataclass(frozen=True)
 class Execute:
     query: bytes
     params: dict[str, Any]
@@ -147,7 +158,7 @@ class Transact:
     steps: TxSteps
 
 
-Effect = Fetch | Read | Transact | Sleep | Rewind
+Effect = Fetch | Read | Transact | Sleep | Rewind | Committed
 _SETTLED: Final = ()  # a retried commit found its earlier try had committed
 _FINISHED_KEYS: Final = ("position", "processed", "failed", "total", "chunks", "errors", "done")
 
@@ -196,6 +207,8 @@ class ChunkRun(Generic[T]):
         self._has_last = False
         self._page: list[Any] = []  # the current page's items
         self._page_taken = 0  # of which consumed (written, failed or skipped)
+        self._page_end_chunk = False  # the current page ends a chunk (Page.end_chunk)
+        self._end_chunk = False  # ...and it is all in the chunk being filled
         self._page_before: Any = None  # cursor that fetches the current page
         self._page_after: Any = None  # cursor that fetches the page after it
         self._started = self.clock()
@@ -235,6 +248,7 @@ class ChunkRun(Generic[T]):
             if pending is None:
                 return
             yield from self._commit(pending)
+            yield Committed(pending.checkpoint)
             if pending.done:
                 return
 
@@ -357,7 +371,7 @@ class ChunkRun(Generic[T]):
         self._resize(job_size, task_size)
         self._started = self.clock()
         self._mode, self._exhausted, self._has_last = None, False, False
-        self._page, self._page_taken = [], 0
+        self._page, self._page_taken, self._page_end_chunk = [], 0, False
         self._new_chunk()
 
     def _resize(self, job_size: int | None, task_size: int | None) -> None:
@@ -463,6 +477,8 @@ class ChunkRun(Generic[T]):
             return 0
         if self._consumed >= self.size:
             return 1 if self._past_cursorless_page() else 0
+        if self._end_chunk and self._consumed:
+            return 0
         if self._mode != "items":
             return 1  # one page at a time (or one item, until we know which it is)
         if self._skip:
@@ -515,6 +531,7 @@ class ChunkRun(Generic[T]):
         if page.total is not None:
             self.total = page.total
         self._page = list(page.items)
+        self._page_end_chunk = page.end_chunk
         self._page_before, self._page_after = self._page_after, page.cursor
         self._page_taken = min(self._skip, len(self._page))
         self._skip -= self._page_taken
@@ -526,6 +543,7 @@ class ChunkRun(Generic[T]):
             part = self._page[self._page_taken : self._page_taken + room]
             self._page_taken += len(part)
             self._take_raw(part)
+        self._end_chunk = self._page_end_chunk and self._page_taken >= len(self._page)
 
     def _take_raw(self, raw: list[Any]) -> None:
         first = self.position + self._consumed  # the source index of raw[0]
@@ -581,6 +599,7 @@ class ChunkRun(Generic[T]):
         self._consumed = 0
         self._chunk_failed = 0
         self._chunk_errors: list[dict[str, Any]] = []
+        self._end_chunk = False
         if self._mode == "pages":
             self._drain_page()  # what the last chunk left of the current page comes first
 

@@ -94,6 +94,7 @@ def _register() -> None:
         "prune",
         "schedules",
         "workflows",
+        "pipelines",
         "inspect",
         "demo",
         "dashboard_cmd",

@@ -208,6 +208,8 @@ def create_app(
         Route("/dead/{action:str}", pages.dead_action, methods=["POST"]),
         Route("/queues", pages.queues),
         Route("/schedules", pages.schedules),
+        Route("/pipelines", pages.pipelines),
+        Route("/pipelines/{name:str}", pages.pipeline),
         Route("/workflows/{workflow_id:int}", pages.workflow),
         Route("/queues/{action:str}", pages.queue_action, methods=["POST"]),
         Route("/api/overview", api.overview),

@@ -304,6 +304,20 @@ class Pages:
             levels=levels(steps),
         )
 
+    # --- CDC pipelines -----------------------------------------------------------------
+    async def pipelines(self, request: Request) -> Response:
+        rows = await self.d.store(lambda s: s.pipeline_list())
+        now = datetime.now(UTC)
+        return self.view.page(request, "pipelines.html", nav="pipelines", pipelines=rows, now=now)
+
+    async def pipeline(self, request: Request) -> Response:
+        name: str = request.path_params["name"]
+        found = await self.d.store(lambda s: s.pipeline_get(name))
+        if found is None:
+            return self.view.error(request, 404, f"no pipeline {name!r}", nav="pipelines")
+        now = datetime.now(UTC)
+        return self.view.page(request, "pipeline.html", nav="pipelines", p=found, now=now)
+
     # --- queues -------------------------------------------------------------------------
     async def queues(self, request: Request) -> Response:
         rows = await self.d.store(lambda s: s.queue_list())

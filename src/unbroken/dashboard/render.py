@@ -18,7 +18,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from unbroken.dashboard.security import CSRF_COOKIE, CSRF_FIELD, Csrf
-from unbroken.ops.format import clip, format_age, format_duration, format_pct, shown_json
+from unbroken.ops.format import (
+    clip,
+    format_age,
+    format_bytes,
+    format_duration,
+    format_pct,
+    shown_json,
+)
 from unbroken.states import JobState
 
 HERE = Path(__file__).parent
@@ -38,6 +45,7 @@ def templates() -> jinja2.Environment:
     env.filters["per"] = per
     env.filters["pct"] = partial(format_pct, missing=MISSING)
     env.filters["secs"] = partial(format_duration, missing=MISSING, unit_sep=" ")
+    env.filters["bytes"] = partial(format_bytes, missing=MISSING)
     env.filters["num"] = lambda v: MISSING if v is None else f"{v:,.0f}"
     env.filters["pretty"] = partial(shown_json, indent=2)
     env.filters["compact"] = shown_json

@@ -62,13 +62,21 @@ class Chaos:
 class Workers:
     """Worker processes of the demo, logging to one file."""
 
-    def __init__(self, url: str, log: Path) -> None:
-        self._env = {**os.environ, **DEMO_ENV, "UNBROKEN_DATABASE_URL": url}
+    def __init__(
+        self,
+        url: str,
+        log: Path,
+        *,
+        app_ref: str = "unbroken.demo.app:app",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self._env = {**os.environ, **(env or DEMO_ENV), "UNBROKEN_DATABASE_URL": url}
+        self._app_ref = app_ref
         self._log = log.open("ab")
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "unbroken", "worker", "--app", "unbroken.demo.app:app"]
+        cmd = [sys.executable, "-m", "unbroken", "worker", "--app", self._app_ref]
         proc = subprocess.Popen(cmd, env=self._env, stdout=self._log, stderr=self._log)
         self.procs.append(proc)
         return proc
@@ -113,7 +121,7 @@ def run_demo(*, chaos: bool, timeout: float = 600.0) -> int:
             app.close()
     finally:
         if target.embedded:
-            _say_left_running(LocalServer(app.settings.data_dir))
+            say_left_running(LocalServer(app.settings.data_dir))
 
 
 def worker_log(embedded: bool) -> Path:
@@ -126,7 +134,7 @@ def worker_log(embedded: bool) -> Path:
     return folder / "unbroken-demo-workers.log"
 
 
-def _say_left_running(server: LocalServer) -> None:
+def say_left_running(server: LocalServer) -> None:
     if server.is_running():
         console.print(
             f"embedded PostgreSQL left running on 127.0.0.1:{server.port} (data in "

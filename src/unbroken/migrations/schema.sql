@@ -460,9 +460,55 @@ CREATE TRIGGER jobs_workflow_settle AFTER UPDATE OF state ON unbroken.jobs
           AND NEW.state IN ('succeeded', 'dead', 'cancelled'))
     EXECUTE FUNCTION unbroken.workflow_settle();
 
+-- Change data capture (0011): see migrations/0011_cdc.sql.
+CREATE TABLE unbroken.cdc_pipelines (
+    name               text PRIMARY KEY,
+    slot_name          text NOT NULL,
+    publication        text NOT NULL,
+    source             text NOT NULL,  -- the source URL, password removed
+    system_identifier  text,
+    database           text,
+    tables             text[] NOT NULL,
+    position           pg_lsn,         -- the last source LSN committed with sink data
+    checkpoint         jsonb,          -- where the stream and a backfill resume
+    relations          jsonb,          -- the source tables' columns last seen, by table
+    state              text NOT NULL DEFAULT 'waiting'
+        CHECK (state IN ('waiting', 'snapshotting', 'streaming', 'failed', 'stopped')),
+    last_error         text,
+    lag_bytes          bigint,
+    lag_seconds        double precision,
+    retained_wal_bytes bigint,
+    changes            bigint NOT NULL DEFAULT 0,
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+
+-- Changes the sink refused (or that could not be decoded): kept, and the stream goes on.
+CREATE TABLE unbroken.cdc_dead_letters (
+    id         bigserial PRIMARY KEY,
+    pipeline   text NOT NULL,
+    lsn        pg_lsn,
+    relation   text,
+    change     jsonb,
+    error      text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX cdc_dead_letters_pipeline_idx ON unbroken.cdc_dead_letters (pipeline, id);
+
+-- A source table whose columns changed (a Relation message unlike the one known before).
+CREATE TABLE unbroken.cdc_schema_changes (
+    id         bigserial PRIMARY KEY,
+    pipeline   text NOT NULL,
+    relation   text NOT NULL,
+    lsn        pg_lsn,
+    before     jsonb,
+    after      jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX cdc_schema_changes_pipeline_idx ON unbroken.cdc_schema_changes (pipeline, id);
+
 CREATE TABLE unbroken.migrations (
     version    integer PRIMARY KEY,
     name       text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows'), (8, 'jobs_autovacuum'), (9, 'finished_list_indexes'), (10, 'flow_limits');
+INSERT INTO unbroken.migrations (version, name) VALUES (1, 'initial'), (2, 'lean_indexes'), (3, 'progress_within_total'), (4, 'leader_session'), (5, 'function_search_path'), (6, 'periodic'), (7, 'workflows'), (8, 'jobs_autovacuum'), (9, 'finished_list_indexes'), (10, 'flow_limits'), (11, 'cdc');

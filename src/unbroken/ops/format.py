@@ -46,6 +46,20 @@ def format_duration(seconds: float | None, missing: str = "-", unit_sep: str = "
     return f"{seconds:.2f}{unit_sep}s"
 
 
+def format_bytes(count: int | None, missing: str = "-") -> str:
+    """A size in binary units: 512 -> '512 B', 1536 -> '1.5 KiB', 3 << 30 -> '3.0 GiB'."""
+    if count is None:
+        return missing
+    if abs(count) < 1024:
+        return f"{count} B"
+    size = float(count)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if abs(size) < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} TiB"
+
+
 def format_pct(fraction: float | None, missing: str = "-") -> str:
     """0.125 -> '12.5%'."""
     return missing if fraction is None else f"{fraction:.1%}"

@@ -494,3 +494,54 @@ class WorkflowStep:
     finished_at: datetime | None
     after: list[int]
     run_anyway: bool
+
+
+# --- CDC pipelines ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PipelineInfo:
+    """One CDC pipeline as its worker last wrote it (unbroken.cdc): state, position, lag."""
+
+    name: str
+    state: str  # waiting, snapshotting, streaming, failed, stopped
+    position: str | None  # the last source LSN committed with sink data, '0/16B3748'
+    lag_bytes: int | None
+    lag_seconds: float | None
+    retained_wal_bytes: int | None  # WAL the source keeps for the slot
+    changes: int
+    updated_at: datetime
+    last_error: str | None
+    dead_letters: int
+    schema_changes: int
+
+
+@dataclass(frozen=True)
+class PipelineSchemaChange:
+    id: int
+    relation: str
+    lsn: str | None
+    before: Any
+    after: Any
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PipelineDeadLetter:
+    id: int
+    lsn: str | None
+    relation: str | None
+    error: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PipelineDetail(PipelineInfo):
+    """A pipeline with where it reads from, and its newest schema changes and dead letters."""
+
+    slot_name: str
+    publication: str
+    source: str  # the source URL without its password
+    system_identifier: str | None
+    database: str | None
+    tables: list[str]
+    recent_schema_changes: list[PipelineSchemaChange] = field(default_factory=list)
+    recent_dead_letters: list[PipelineDeadLetter] = field(default_factory=list)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from functools import cache, partial
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from psycopg.types.json import set_json_loads
 
 from unbroken.db._sync.pool import RolePool
 from unbroken.db.conninfo import safe_search_path
-from unbroken.errors import ConfigError
+from unbroken.errors import ConfigError, UnbrokenError
 from unbroken.ops.counts import Count, Matching
 from unbroken.ops.filters import JobFilter
 from unbroken.ops.format import lenient_loads
@@ -45,6 +45,10 @@ from unbroken.ops.rows import (
     JobStateChange,
     JobSummary,
     LongJob,
+    PipelineDeadLetter,
+    PipelineDetail,
+    PipelineInfo,
+    PipelineSchemaChange,
     QueueInfo,
     ScheduleInfo,
     SeriesPoint,
@@ -433,6 +437,31 @@ class OperatorStore:
     def connection_list(self) -> list[ConnectionGroup]:
         return self._rows("connection_list", class_row(ConnectionGroup))
 
+    # --- CDC pipelines -------------------------------------------------------------------
+    def pipeline_list(self) -> list[PipelineInfo]:
+        with _cdc_tables():
+            return self._rows("pipeline_list", class_row(PipelineInfo))
+
+    def pipeline_get(self, name: str, recent: int = 10) -> PipelineDetail | None:
+        """The pipeline with its `recent` newest schema changes and dead letters."""
+        params = {"name": name, "limit": recent}
+        with _cdc_tables():
+            found = self._rows("pipeline_get", class_row(PipelineDetail), params)
+            if not found:
+                return None
+            changes = self._rows(
+                "pipeline_schema_change_list", class_row(PipelineSchemaChange), params
+            )
+            dead = self._rows("pipeline_dead_letter_list", class_row(PipelineDeadLetter), params)
+        return replace(found[0], recent_schema_changes=changes, recent_dead_letters=dead)
+
+    def pipeline_mark_stopped(self, name: str, reason: str) -> bool:
+        """Mark the pipeline stopped (its slot is gone), saying why; False when no such one."""
+        with _cdc_tables():
+            return bool(
+                self._rows("pipeline_mark_stopped", scalar_row, {"name": name, "reason": reason})
+            )
+
     def session_role(self) -> str:
         """The role this store's sessions run as (what a "permission denied" is about)."""
         role: str = self._one("session_role", scalar_row)
@@ -474,3 +503,14 @@ __all__ = [
     "OperatorStore",
     "statement",
 ]
+
+
+@contextmanager
+def _cdc_tables() -> Iterator[None]:
+    """A schema migrated before CDC existed: say so in one line, not a traceback."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable:
+        raise UnbrokenError(
+            "this database has no CDC pipeline tables yet: run `unbroken db migrate`"
+        ) from None

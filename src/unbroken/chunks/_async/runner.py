@@ -18,12 +18,20 @@ from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 
 from unbroken.chunks._async.sinks import acopy_rows, aorm_session, aupsert_rows
-from unbroken.chunks.compat import AsyncSourceReader, AsyncWrite, Source, ajob_pool, new_run
+from unbroken.chunks.compat import (
+    AsyncOnCommit,
+    AsyncSourceReader,
+    AsyncWrite,
+    Source,
+    ajob_pool,
+    new_run,
+)
 from unbroken.chunks.progress import Progress
 from unbroken.chunks.sinks import Rows
 from unbroken.chunks.state import (
     WRITE,
     BadRecords,
+    Committed,
     Effect,
     Fetch,
     PendingChunk,
@@ -108,6 +116,7 @@ async def arun_chunks(
     retries: int = 10,
     name: str = "main",
     flush_each_chunk: bool = False,
+    on_commit: AsyncOnCommit | None = None,
 ) -> Progress: ...
 @overload
 async def arun_chunks(
@@ -122,6 +131,7 @@ async def arun_chunks(
     retries: int = 10,
     name: str = "main",
     flush_each_chunk: bool = False,
+    on_commit: AsyncOnCommit | None = None,
 ) -> Progress: ...
 async def arun_chunks(
     source: Any,
@@ -135,6 +145,7 @@ async def arun_chunks(
     retries: int = 10,
     name: str = "main",
     flush_each_chunk: bool = False,
+    on_commit: AsyncOnCommit | None = None,
 ) -> Progress:
     """Process `source` in chunks inside the current job; returns the final progress.
 
@@ -164,6 +175,11 @@ async def arun_chunks(
         run's last commit waits (and flushes all before it): a database crash can then undo
         the latest chunks, each together with its checkpoint, and the run reads the source
         again from the checkpoint that survived, so nothing is lost or written twice.
+    on_commit: called (awaited in `arun_chunks`) with each chunk's checkpoint right after
+        that chunk committed, before the next read: for what may only follow a commit
+        (acknowledging a source, as CDC advances its replication slot). It is not called
+        again for a chunk committed by an earlier attempt; an error from it ends the run
+        (the chunk stays committed).
     """
     job, pool = ajob_pool()
     run = new_run(
@@ -194,6 +210,9 @@ async def arun_chunks(
                     await reader.fill()
                 elif isinstance(effect, Rewind):
                     await reader.rewind(effect.lost)
+                elif isinstance(effect, Committed):
+                    if on_commit is not None:
+                        await on_commit(effect.checkpoint)
                 else:
                     result = await _perform(pool, job, effect, write)
             except Exception as exc:

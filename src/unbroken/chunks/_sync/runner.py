@@ -19,12 +19,20 @@ from psycopg import Connection
 from psycopg.rows import tuple_row
 
 from unbroken.chunks._sync.sinks import copy_rows, orm_session, upsert_rows
-from unbroken.chunks.compat import Source, SourceReader, Write, job_pool, new_run
+from unbroken.chunks.compat import (
+    OnCommit,
+    Source,
+    SourceReader,
+    Write,
+    job_pool,
+    new_run,
+)
 from unbroken.chunks.progress import Progress
 from unbroken.chunks.sinks import Rows
 from unbroken.chunks.state import (
     WRITE,
     BadRecords,
+    Committed,
     Effect,
     Fetch,
     PendingChunk,
@@ -109,6 +117,7 @@ def run_chunks(
     retries: int = 10,
     name: str = "main",
     flush_each_chunk: bool = False,
+    on_commit: OnCommit | None = None,
 ) -> Progress: ...
 @overload
 def run_chunks(
@@ -123,6 +132,7 @@ def run_chunks(
     retries: int = 10,
     name: str = "main",
     flush_each_chunk: bool = False,
+    on_commit: OnCommit | None = None,
 ) -> Progress: ...
 def run_chunks(
     source: Any,
@@ -136,6 +146,7 @@ def run_chunks(
     retries: int = 10,
     name: str = "main",
     flush_each_chunk: bool = False,
+    on_commit: OnCommit | None = None,
 ) -> Progress:
     """Process `source` in chunks inside the current job; returns the final progress.
 
@@ -165,6 +176,11 @@ def run_chunks(
         run's last commit waits (and flushes all before it): a database crash can then undo
         the latest chunks, each together with its checkpoint, and the run reads the source
         again from the checkpoint that survived, so nothing is lost or written twice.
+    on_commit: called (awaited in `arun_chunks`) with each chunk's checkpoint right after
+        that chunk committed, before the next read: for what may only follow a commit
+        (acknowledging a source, as CDC advances its replication slot). It is not called
+        again for a chunk committed by an earlier attempt; an error from it ends the run
+        (the chunk stays committed).
     """
     job, pool = job_pool()
     run = new_run(
@@ -195,6 +211,9 @@ def run_chunks(
                     reader.fill()
                 elif isinstance(effect, Rewind):
                     reader.rewind(effect.lost)
+                elif isinstance(effect, Committed):
+                    if on_commit is not None:
+                        on_commit(effect.checkpoint)
                 else:
                     result = _perform(pool, job, effect, write)
             except Exception as exc:
