@@ -53,7 +53,8 @@ from unbroken.migrations import migrate
 from unbroken.settings import load_settings
 
 GOAL = 20_000
-BIG_CHUNK = 5_000  # rows per chunk of the last variant (the default is 1,000)
+BIG_CHUNK = 5_000  # rows per chunk of the last variants (run_pipeline's default)
+SMALL_CHUNK = 1_000  # run_chunks' default
 BATCH = 1_000  # rows per source transaction
 SLOT, PUBLICATION, TABLE = "bench_cdc_slot", "bench_cdc_pub", "bench_cdc_source"
 LOGICAL_CONF = {"wal_level": "logical", "max_replication_slots": "10", "max_wal_senders": "10"}
@@ -212,9 +213,9 @@ def measure(url: str, sink_url: str, *, changes: int, repeat: int) -> dict[str, 
                 rates[name].add(changes / step())
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("SELECT pg_drop_replication_slot(%s)", [SLOT])
-        # name: (sink write, rows per chunk; None: the default, 1,000)
+        # name: (sink write, rows per chunk)
         variants = {
-            "pipeline": (sink.write, None),
+            "pipeline": (sink.write, SMALL_CHUNK),
             "pipeline_5000": (sink.write, BIG_CHUNK),
             "batched_5000": (sink.write_batched, BIG_CHUNK),
         }
@@ -334,8 +335,8 @@ LABELS = {
     "fetch": "+ fetch to the client",
     "decode": "+ decode (unbroken.cdc.pgoutput)",
     "rows": "+ load rows (RowLoader)",
-    "pipeline": "pipeline + mirror (run_pipeline, 1,000 per chunk)",
-    "pipeline_5000": f"pipeline + mirror, {BIG_CHUNK:,} per chunk",
+    "pipeline": f"pipeline + mirror, {SMALL_CHUNK:,} per chunk",
+    "pipeline_5000": f"pipeline + mirror, {BIG_CHUNK:,} per chunk (the default)",
     "batched_5000": f"pipeline + unnest sink writes, {BIG_CHUNK:,} per chunk",
 }
 

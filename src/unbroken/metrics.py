@@ -234,6 +234,34 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec(
         "gauge",
+        "unbroken_cdc_lag_bytes",
+        "Source WAL a CDC pipeline has yet to apply, as of its last chunk.",
+        ("pipeline",),
+        "database",
+    ),
+    Spec(
+        "gauge",
+        "unbroken_cdc_lag_seconds",
+        "Seconds since the commit of the last source transaction a CDC pipeline applied.",
+        ("pipeline",),
+        "database",
+    ),
+    Spec(
+        "gauge",
+        "unbroken_cdc_retained_wal_bytes",
+        "WAL the source keeps for a CDC pipeline's slot (bounded by max_slot_wal_keep_size).",
+        ("pipeline",),
+        "database",
+    ),
+    Spec(
+        "gauge",
+        "unbroken_cdc_dead_letters",
+        "Changes a CDC pipeline's sink refused or could not decode, kept in cdc_dead_letters.",
+        ("pipeline",),
+        "database",
+    ),
+    Spec(
+        "gauge",
         "unbroken_scrape_success",
         "1 when the database read at this scrape worked.",
         (),
@@ -444,12 +472,22 @@ class DatabaseCollector(Collector):
         oldest = GaugeMetricFamily(*_doc("unbroken_queue_oldest_wait_seconds"), labels=["queue"])
         paused = GaugeMetricFamily(*_doc("unbroken_queue_paused"), labels=["queue"])
         workers = GaugeMetricFamily(*_doc("unbroken_workers"), labels=["status"])
+        cdc = {
+            name: GaugeMetricFamily(*_doc(name), labels=["pipeline"])
+            for name in (
+                "unbroken_cdc_lag_bytes",
+                "unbroken_cdc_lag_seconds",
+                "unbroken_cdc_retained_wal_bytes",
+                "unbroken_cdc_dead_letters",
+            )
+        }
         started = time.monotonic()
         try:
             with self._lock:
                 counts = self._store.state_counts()
                 queues = self._store.queue_list()
                 found = self._store.worker_list(self._silent_after_s)
+                pipelines = self._store.pipeline_list()
         except Exception as exc:  # a scrape must answer even when the database does not
             logger.warning("metrics: database read failed: %s: %s", type(exc).__name__, exc)
             success.add_metric([], 0)
@@ -463,9 +501,18 @@ class DatabaseCollector(Collector):
         silent = sum(1 for w in found if w.silent)
         workers.add_metric(["beating"], len(found) - silent)
         workers.add_metric(["silent"], silent)
+        for p in pipelines:  # a figure the pipeline has not written yet is left out
+            for name, value in (
+                ("unbroken_cdc_lag_bytes", p.lag_bytes),
+                ("unbroken_cdc_lag_seconds", p.lag_seconds),
+                ("unbroken_cdc_retained_wal_bytes", p.retained_wal_bytes),
+                ("unbroken_cdc_dead_letters", p.dead_letters),
+            ):
+                if value is not None:
+                    cdc[name].add_metric([p.name], value)
         success.add_metric([], 1)
         logger.debug("metrics: database read in %.3f s", time.monotonic() - started)
-        yield from (success, jobs, oldest, paused, workers)
+        yield from (success, jobs, oldest, paused, workers, *cdc.values())
 
 
 def _doc(name: str) -> tuple[str, str]:

@@ -39,7 +39,7 @@ ROWS_READ_MAX = 4_500
 # entry per finish instead of three (migrations/0009); bench/scale.py times its worst case.
 DEAD_READ_MAX = FINISHED * 8 // 100 + 2_500
 READ_MAX = {"dlq ls --queue": DEAD_READ_MAX}
-ACTIVE_INDEXES = {"jobs_fetch_idx", "jobs_due_idx", "jobs_lease_idx"}
+ACTIVE_INDEXES = {"jobs_fetch_idx", "jobs_fetch_keyed_idx", "jobs_due_idx", "jobs_lease_idx"}
 LOAD = Path(__file__).parents[2] / "bench" / "scale_load.sql"
 
 Recorded = list[tuple[Any, dict[str, Any]]]

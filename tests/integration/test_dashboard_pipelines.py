@@ -80,3 +80,25 @@ def test_a_pipeline_page_lists_its_schema_changes_and_dead_letters(
     missing = client.get("/pipelines/nope")
     assert missing.status_code == 404
     assert "no pipeline &#39;nope&#39;" in missing.text
+
+
+def test_metrics_show_each_pipeline_s_lag_retained_wal_and_dead_letters(
+    client: TestClient, database_url: str
+) -> None:
+    add_pipeline(database_url, "orders")
+    add_pipeline(
+        database_url, "users", state="waiting",
+        position=None, lag_bytes=None, lag_seconds=None, retained_wal_bytes=None,
+    )  # fmt: skip
+    add_dead_letter(database_url, "orders", "value too long")
+    metrics = client.get("/metrics").text
+    for line in (
+        'unbroken_cdc_lag_bytes{pipeline="orders"} 1536.0',
+        'unbroken_cdc_lag_seconds{pipeline="orders"} 3.0',
+        'unbroken_cdc_retained_wal_bytes{pipeline="orders"} 5.24288e+06',
+        'unbroken_cdc_dead_letters{pipeline="orders"} 1.0',
+        'unbroken_cdc_dead_letters{pipeline="users"} 0.0',
+    ):
+        assert line in metrics, line
+    # A figure a pipeline has not written yet is left out, not reported as 0.
+    assert 'unbroken_cdc_retained_wal_bytes{pipeline="users"}' not in metrics

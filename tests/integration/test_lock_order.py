@@ -198,6 +198,7 @@ def _enqueue_workflows(conn: psycopg.Connection[Any], n: int) -> list[list[int]]
                 "priorities": [0] * steps,
                 "run_ats": [None] * steps,
                 "max_attempts": [1] * steps,
+                "limit_keys": [None] * steps,
                 "upstream": [0] * ROOTS + [len(ups) for ups in AFTER],
                 "dep_steps": [e[0] for e in edges],
                 "dep_ons": [e[1] for e in edges],

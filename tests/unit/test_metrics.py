@@ -141,6 +141,14 @@ class FakeStore:
     def worker_list(self, silent_after_s: float = 60.0) -> list[Any]:
         return [types.SimpleNamespace(silent=False), types.SimpleNamespace(silent=True)]
 
+    def pipeline_list(self) -> list[Any]:
+        return [
+            types.SimpleNamespace(
+                name="orders", lag_bytes=10, lag_seconds=0.5, retained_wal_bytes=None,
+                dead_letters=2,
+            )
+        ]  # fmt: skip
+
 
 def test_database_collector_reads_counts(registry: CollectorRegistry) -> None:
     registry.register(metrics.DatabaseCollector(FakeStore()))  # type: ignore[arg-type]
@@ -149,6 +157,9 @@ def test_database_collector_reads_counts(registry: CollectorRegistry) -> None:
     assert value(registry, "unbroken_jobs", queue="default", state="dead") == 2
     assert value(registry, "unbroken_queue_oldest_wait_seconds", queue="default") == 42
     assert value(registry, "unbroken_queue_paused", queue="reports") == 1
+    assert value(registry, "unbroken_cdc_lag_bytes", pipeline="orders") == 10
+    assert value(registry, "unbroken_cdc_dead_letters", pipeline="orders") == 2
+    assert value(registry, "unbroken_cdc_retained_wal_bytes", pipeline="orders") is None
     assert value(registry, "unbroken_workers", status="silent") == 1
 
 

@@ -95,6 +95,12 @@ class Pipeline:
         return self._tables
 
 
+# A chunk is one flushed commit on the sink with the position; change rows are small, so
+# the commit, not the rows, bounds the rate: 17,600 changes/s at 1,000 per chunk against
+# 22,600 at 5,000 (bench/cdc.py, median of 3), where run_chunks' default is 1,000.
+CDC_CHUNK_SIZE = 5_000
+
+
 def run_pipeline(
     pipeline: Pipeline,
     write: Write,
@@ -110,7 +116,8 @@ def run_pipeline(
         "cancelled" keeps streaming until the job is cancelled or the worker stops (the
         job then goes back to the queue and a later run resumes where the sink stands).
     validate: maps each change before `write`; one it raises on goes to the dead letters.
-    chunk_size: changes per chunk (the job's and the task's settings override it).
+    chunk_size: changes per chunk, CDC_CHUNK_SIZE by default (the job's and the task's
+        settings override it).
     Raises PositionLost (on_gap="fail"), DatabaseUnavailable (the source stayed away for
     UNBROKEN_STARTUP_WAIT), ConfigError (no primary key, a slot of another database).
     """
@@ -127,7 +134,7 @@ def run_pipeline(
         return run_chunks(
             run.stream.pages,
             run.write,
-            chunk_size=chunk_size,
+            chunk_size=chunk_size or CDC_CHUNK_SIZE,
             name=f"cdc:{pipeline.name}",
             flush_each_chunk=True,  # the slot is advanced after the commit: it must be durable
             on_commit=run.on_commit,

@@ -13,6 +13,12 @@
 -- table from its start (as many pages as it takes, pruned ones included); the IN list lets
 -- it prove the index's predicate.
 --
+-- Available jobs are read with `state = 'available' AND (limit_key IS NULL OR limit_key IS
+-- NOT NULL)`: they are in two partial indexes since flow control (0010), jobs_fetch_idx
+-- without a key and jobs_fetch_keyed_idx with one, and only the OR lets the planner prove
+-- each index's predicate for one arm and read both (a BitmapOr); `state = 'available'`
+-- alone is in neither predicate, and the planner scanned the whole table.
+--
 -- Two conditions are shared: `job_filter` (an operator's job filter) and
 -- `dead_letter_filter` (which dead letters an action applies to). They are not statements:
 -- the queries that use them say `{job_filter}` where the condition goes, and the operator
@@ -60,7 +66,7 @@ UNION ALL
  ORDER BY state DESC, id DESC LIMIT %(window)s)
 UNION ALL
 (SELECT id, true FROM unbroken.jobs
- WHERE state = 'available'
+ WHERE state = 'available' AND (limit_key IS NULL OR limit_key IS NOT NULL)
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'available' = ANY(%(states)s::unbroken.job_state[]))
    AND ({job_filter_indexed})
@@ -151,7 +157,7 @@ UNION ALL
  ORDER BY state DESC, id DESC LIMIT %(limit)s)
 UNION ALL
 (SELECT 1 FROM unbroken.jobs
- WHERE state = 'available'
+ WHERE state = 'available' AND (limit_key IS NULL OR limit_key IS NOT NULL)
    AND (%(states)s::unbroken.job_state[] IS NULL
         OR 'available' = ANY(%(states)s::unbroken.job_state[]))
    AND ({job_filter})
@@ -223,7 +229,7 @@ WITH finished AS (
 ),
 tasks AS (
     SELECT task FROM finished
-    UNION SELECT task FROM unbroken.jobs WHERE state = 'available'
+    UNION SELECT task FROM unbroken.jobs WHERE state = 'available' AND (limit_key IS NULL OR limit_key IS NOT NULL)
     UNION SELECT task FROM unbroken.jobs WHERE state IN ('scheduled', 'retryable')
     UNION SELECT task FROM unbroken.jobs WHERE state = 'running'
 )
@@ -272,7 +278,7 @@ GROUP BY queue, state, sampled.percent
 -- Jobs per queue and state (read at metrics scrape time): exact for waiting and running jobs, each branch with its partial index's own predicate so it reads that index and never the table; finished jobs estimated from a sample (job_finished_sample) unless the table is small enough to count whole.
 SELECT queue, state, sum(jobs)::bigint AS jobs, bool_and(exact) AS exact FROM (
     SELECT queue, 'available' AS state, count(*) AS jobs, true AS exact
-    FROM unbroken.jobs WHERE state = 'available' GROUP BY queue
+    FROM unbroken.jobs WHERE state = 'available' AND (limit_key IS NULL OR limit_key IS NOT NULL) GROUP BY queue
     UNION ALL
     SELECT queue, state::text, count(*), true
     FROM unbroken.jobs WHERE state IN ('scheduled', 'retryable') GROUP BY queue, state
@@ -300,7 +306,7 @@ WITH counts AS (
     FROM (
         SELECT queue, 'available' AS state, count(*) AS jobs, true AS exact,
                min(run_at) AS oldest
-        FROM unbroken.jobs WHERE state = 'available' GROUP BY queue
+        FROM unbroken.jobs WHERE state = 'available' AND (limit_key IS NULL OR limit_key IS NOT NULL) GROUP BY queue
         UNION ALL
         SELECT queue, state::text, count(*), true, NULL
         FROM unbroken.jobs WHERE state IN ('scheduled', 'retryable') GROUP BY queue, state
@@ -316,7 +322,7 @@ by_priority AS (
     SELECT queue, priority, count(*) AS available,
            greatest(extract(epoch FROM now() - min(run_at))::float8, 0) AS oldest_wait_s
     FROM unbroken.jobs
-    WHERE state = 'available'
+    WHERE state = 'available' AND (limit_key IS NULL OR limit_key IS NOT NULL)
     GROUP BY queue, priority
 ),
 backlogs AS (
@@ -528,10 +534,10 @@ ORDER BY 1, 2
 SELECT
     (SELECT greatest(extract(epoch FROM now() - min(j.run_at))::float8, 0)
      FROM unbroken.jobs AS j
-     WHERE j.state = 'available'
+     WHERE j.state = 'available' AND (j.limit_key IS NULL OR j.limit_key IS NOT NULL)
        AND j.queue <> ALL (ARRAY(SELECT name FROM unbroken.queues WHERE paused)))
         AS oldest_wait_s,
-    (SELECT count(*) FROM unbroken.jobs WHERE state = 'available') AS available,
+    (SELECT count(*) FROM unbroken.jobs WHERE state = 'available' AND (limit_key IS NULL OR limit_key IS NOT NULL)) AS available,
     (SELECT coalesce(sum(succeeded), 0)::bigint FROM unbroken.stats_minutely
      WHERE minute >= date_trunc('minute', now() - make_interval(secs => %(window)s::float8)))
         AS succeeded,

@@ -372,7 +372,7 @@ SELECT EXISTS (
     WHERE queue = ANY(%(queues)s::text[])
       AND ((state = 'running' AND worker_id = %(worker_id)s)
            OR (queue NOT IN (SELECT name FROM unbroken.queues WHERE paused)
-               AND (state = 'available'
+               AND ((state = 'available' AND (limit_key IS NULL OR limit_key IS NOT NULL))
                     OR (state IN ('scheduled', 'retryable')
                         AND run_at <= now() + make_interval(secs => %(horizon)s::float8)))))
 )
