@@ -172,6 +172,29 @@ def test_a_rate_limit_admits_n_claims_per_window(db: psycopg.Connection[Any]) ->
     assert db.execute(DRIFT).fetchall() == []
 
 
+def test_the_keyed_walk_stays_an_index_walk_whatever_the_key_statistics_say(
+    db: psycopg.Connection[Any],
+) -> None:
+    """The fetch's plan is cached generic. Analyzed while every key was full, limit_keys'
+    statistics said the walk would find one job at most, and the plan sorted a sequential
+    scan of jobs at every fetch (red: 'Seq Scan on jobs'; 10 ms a fetch against 1)."""
+    enqueue(db, "hold", [f"cust:{i % 1000}" for i in range(20_000)])
+    db.execute("UPDATE unbroken.limit_keys SET closed_until = 'infinity'")
+    db.execute("ANALYZE unbroken.limit_keys")
+    db.execute("ANALYZE unbroken.jobs")
+    db.execute("UPDATE unbroken.limit_keys SET closed_until = NULL")  # open again, unanalyzed
+    plans: list[str] = []
+    db.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    db.execute("LOAD 'auto_explain'")
+    for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice"):
+        db.execute(f"SET auto_explain.{setting}")
+    db.execute("SET client_min_messages = notice")
+    assert len(fetch(db, limit=50)) == 50
+    walk = next(p for p in plans if "WITH keyed AS" in p)
+    assert "Seq Scan on jobs" not in walk, walk
+    assert "jobs_fetch_keyed_idx" in walk, walk
+
+
 def test_counters_follow_rescues_cancels_and_deletes(db: psycopg.Connection[Any]) -> None:
     jobs = enqueue(db, "hold", ["cust:9"] * 4)
     assert fetch(db, limit=4) == jobs[:2]

@@ -337,8 +337,12 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT j.id, j.priority, j.run_at, j.limit_key FROM unbroken.jobs AS j
             WHERE j.state = 'available' AND j.queue = q.name AND j.limit_key IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM unbroken.limit_keys AS k
-                              WHERE k.key = j.limit_key AND k.closed_until > now())
+              -- A scalar subquery, evaluated per job walked, where NOT EXISTS became an
+              -- anti-join whose estimate came from closed_until's statistics: after keys
+              -- had been full when analyzed, the plan guessed one job left and sorted a
+              -- sequential scan of jobs at every fetch (10 ms against 1 ms).
+              AND coalesce((SELECT k.closed_until FROM unbroken.limit_keys AS k
+                            WHERE k.key = j.limit_key), '-infinity') <= now()
             ORDER BY j.priority DESC, j.run_at, j.id
             LIMIT p_limit
             FOR UPDATE OF j SKIP LOCKED
