@@ -366,7 +366,9 @@ FROM promoted GROUP BY queue
 -- A scheduled or retryable job counts when its run_at falls within the horizon (a retry
 -- after its backoff, a short delay); one further out does not. A job this worker has
 -- claimed counts until its outcome is written, so a fetch in flight is never missed.
--- Jobs running in other workers are theirs to finish or retry.
+-- Jobs running in other workers are theirs to finish or retry. Available jobs are in two
+-- partial indexes (with and without a limit key): the OR lets the planner read both (see
+-- admin.sql's header).
 SELECT EXISTS (
     SELECT 1 FROM unbroken.jobs
     WHERE queue = ANY(%(queues)s::text[])
